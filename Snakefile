@@ -1,0 +1,30 @@
+# ppp: gradient leakage, PRECODE, the targeted attack and PPP as one workflow.
+#   snakemake --cores 2                                  # offline default (config/config.yaml)
+#   snakemake --cores 8 --configfile config/paper.yaml   # the paper grid
+from ppp.config import ConfigError, validate_config
+
+
+configfile: "config/config.yaml"
+
+
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/tracking.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/capture.smk"
+include: "workflow/rules/attack.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        tables=expand("results/tables/{table}.csv", table=["reconstructions", "utility", "summary", "findings"]),
+        privacy_utility="results/plots/privacy_utility.png",
+        grids=reconstruction_grids(),
+    default_target: True

@@ -1,0 +1,66 @@
+"""Config validation against the workflow's JSON schema, with one clear message per problem."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in `default` values while validating (as Snakemake's validate does)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    allowed = ""
+    if "enum" in error.schema:
+        allowed = f"; allowed: {error.schema['enum']}"
+    return f"config key '{key}': {error.message}{allowed}"
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Validate in place, fill defaults, and raise ConfigError naming the first bad key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise ConfigError(_describe(error))
+    return config
+
+
+def attack_options(config: dict, arch: str) -> dict:
+    """The attack budget for one architecture: defaults, overridden per architecture."""
+    options = {**config.get("attack", {}).get("defaults", {}),
+               **config.get("attack", {}).get("per_arch", {}).get(arch, {})}
+    options.pop("victims", None)
+    return options
+
+
+def victims_per_cell(config: dict, arch: str) -> int:
+    attack = config.get("attack", {})
+    return int(attack.get("per_arch", {}).get(arch, {}).get("victims", attack.get("defaults", {}).get("victims", 8)))
+
+
+def training_options(config: dict, arch: str) -> dict:
+    training = {k: v for k, v in config.get("training", {}).items() if k not in ("per_arch", "enabled")}
+    return {**training, **config.get("training", {}).get("per_arch", {}).get(arch, {})}

@@ -1,0 +1,51 @@
+"""What every workflow job does around its stage: threads, logging to the rule's log, the MLflow run.
+
+Takes Snakemake's `snakemake` object duck-typed (input, output, params, wildcards, threads, log, rule),
+so the library still never imports Snakemake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Iterator
+
+import torch
+
+from ppp.tracking import JobRun, resolve_tracking_uri
+
+
+def configure(threads: int, log_path: str | None) -> None:
+    # Snakemake exports OMP_NUM_THREADS from `threads`; torch's own pool must follow it too.
+    torch.set_num_threads(max(1, int(threads)))
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def job(smk, params: dict | None = None) -> Iterator[JobRun]:
+    """Set up a job from the snakemake object and yield its MLflow run (a no-op when tracking is off)."""
+    configure(smk.threads, smk.log[0] if len(smk.log) else None)
+    wildcards = {k: v for k, v in smk.wildcards.items()}
+    tracking = tracking_settings(smk.config)
+    tags = {"rule": smk.rule, **{f"wildcard.{k}": v for k, v in wildcards.items()}}
+    run_name = "/".join([smk.rule] + [str(v) for v in wildcards.values()])
+    with JobRun(tracking["uri"], tracking["experiment"], run_name, tags,
+                {**wildcards, **(params or {})}) as run:
+        yield run
+
+
+def tracking_settings(config: dict) -> dict:
+    """Where jobs log; read from the config at run time (not a rule param, so changing the tracking
+    server never re-runs finished jobs)."""
+    mlflow_config = config.get("mlflow", {})
+    if not mlflow_config.get("enabled", True):
+        return {"uri": None, "experiment": None}
+    uri = resolve_tracking_uri(mlflow_config.get("tracking_uri"), "results/mlflow/mlflow.db")
+    return {"uri": uri, "experiment": mlflow_config.get("experiment", "ppp")}

@@ -1,0 +1,54 @@
+"""PRECODE: the variational bottleneck of Scheliga et al., inserted into a network before its head.
+
+Choices follow the authors' module (dAI-SY-Group/PRECODE): a linear encoder to 2K statistics, the
+mean taken as is and the std through softplus(. - 5), a reparameterised sample in training and in
+evaluation, a linear decoder back to the input size, and beta * KL(q(z|x) || N(0, I)) in bits,
+averaged over the batch, added to the training loss. See docs/method.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class VariationalBottleneck(nn.Module):
+    """Maps features of any shape through a K-dimensional stochastic code and back to that shape."""
+
+    def __init__(self, in_shape: tuple[int, ...], bottleneck_size: int = 256, beta: float = 1e-3,
+                 std_offset: float = 0.0):
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.bottleneck_size = int(bottleneck_size)
+        self.beta = float(beta)
+        self.std_offset = float(std_offset)
+        in_features = math.prod(self.in_shape)
+        self.encoder = nn.Linear(in_features, 2 * self.bottleneck_size)
+        self.decoder = nn.Linear(self.bottleneck_size, in_features)
+        # The KL of the latest forward pass; the model adds beta * kl to the loss.
+        self.kl_bits: torch.Tensor | None = None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch = features.shape[0]
+        statistics = self.encoder(features.reshape(batch, -1))
+        mu = statistics[:, : self.bottleneck_size]
+        std = F.softplus(statistics[:, self.bottleneck_size:] - self.std_offset)
+        # Sampling in evaluation too, as the authors do: the stochastic gradients are the defence.
+        eps = torch.randn_like(std)
+        code = mu + eps * std
+        self.kl_bits = kl_to_standard_normal_bits(mu, std)
+        return self.decoder(code).reshape(batch, *self.in_shape)
+
+    def regularizer(self) -> torch.Tensor:
+        if self.kl_bits is None:
+            raise RuntimeError("VariationalBottleneck.regularizer() called before a forward pass")
+        return self.beta * self.kl_bits
+
+
+def kl_to_standard_normal_bits(mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, std^2) || N(0, I)) summed over the code, averaged over the batch, in bits."""
+    kl_nats = 0.5 * (mu.pow(2) + std.pow(2) - 2 * torch.log(std) - 1).sum(dim=1)
+    return kl_nats.mean() / math.log(2)

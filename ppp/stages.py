@@ -1,0 +1,222 @@
+"""One function per workflow stage: files in, files out. Usable from Snakemake, a notebook or a shell.
+
+Each function validates what it reads, names the offending file or key on failure, and writes its
+outputs atomically, so a crash leaves either the old file or none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ppp import data as data_lib
+from ppp.attacks import ServerView, build_attack
+from ppp.attacks.inverting_gradients import attack_needs_precode
+from ppp.defenses import build_defense
+from ppp.gradients import shared_gradient
+from ppp.io import ArtifactError, load_tensors, read_json, save_tensors, sha256, write_json
+from ppp.metrics import image_metrics
+from ppp.models import PrecodeSpec, StagedNet, build_model
+from ppp.seeding import derive_seed, generator, seeded
+from ppp.training import TrainingConfig, accuracy, train
+
+log = logging.getLogger(__name__)
+GRAD_PREFIX = "grad/"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but CUDA is not available (use 'auto' or 'cpu')")
+    return device
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def prepare_data(dataset: str, options: dict, seed: int, out_train: str, out_test: str, out_meta: str) -> dict:
+    if dataset not in data_lib.DATASETS:
+        raise ValueError(f"datasets: unknown dataset {dataset!r}; known: {sorted(data_lib.DATASETS)}")
+    facts = data_lib.DATASETS[dataset]
+    size = int(options.get("image_size", 32))
+    counts = {}
+    for split, out, limit in (("train", out_train, options.get("train_examples")),
+                              ("test", out_test, options.get("test_examples"))):
+        loaded = data_lib.load_split(dataset, options, train=split == "train")
+        if loaded.images.shape[1] != facts["channels"]:
+            raise ArtifactError(f"data.{dataset}: expected {facts['channels']} channels, "
+                                f"the source gives {loaded.images.shape[1]}")
+        chosen = data_lib.subsample(loaded, limit, generator(derive_seed(seed, "subset", dataset, split)))
+        images = data_lib.resize_uint8(chosen.images, size)
+        save_tensors(out, {"images": images, "labels": chosen.labels})
+        counts[split] = int(images.shape[0])
+    meta = dict(dataset=dataset, channels=facts["channels"], image_size=size, num_classes=facts["num_classes"],
+                mean=list(facts["mean"]), std=list(facts["std"]), source=options.get("source", "bundled"),
+                counts=counts, sha256={"train": sha256(out_train), "test": sha256(out_test)})
+    write_json(out_meta, meta)
+    return meta
+
+
+def prepare_victims(dataset: str, path: str, image_size: int, count: int, out: str) -> dict:
+    images, labels = data_lib.load_victims(path, dataset, image_size)
+    if images.shape[0] < count:
+        raise ArtifactError(f"{path}: has {images.shape[0]} victims, the config asks for {count}")
+    save_tensors(out, {"images": images[:count], "labels": labels[:count]},
+                 metadata={"source": str(path), "source_sha256": sha256(path)})
+    return {"victims": count, "source": str(path)}
+
+
+def load_split_tensors(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    t = load_tensors(path, required=("images", "labels"))
+    return data_lib.to_float(t["images"]), t["labels"].long()
+
+
+# --- models -----------------------------------------------------------------------------------------
+
+def make_model(arch: str, meta: dict, model_options: dict, precode: PrecodeSpec | None) -> StagedNet:
+    in_shape = (meta["channels"], meta["image_size"], meta["image_size"])
+    return build_model(arch, in_shape, meta["num_classes"], tuple(meta["mean"]), tuple(meta["std"]),
+                       precode=precode, options=model_options)
+
+
+def save_model(model: StagedNet, path: str, info: dict) -> None:
+    save_tensors(path, model.state_dict(), metadata={"ppp": json.dumps(info, sort_keys=True)})
+
+
+def load_model(path: str, arch: str, meta: dict, model_options: dict, precode: PrecodeSpec | None) -> StagedNet:
+    model = make_model(arch, meta, model_options, precode)
+    state = load_tensors(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ArtifactError(f"{path}: checkpoint does not fit {arch} "
+                            f"({'with' if precode else 'without'} PRECODE): {str(err).splitlines()[0]}") from None
+    return model
+
+
+def init_model(arch: str, variant: str, meta_path: str, model_options: dict, precode: PrecodeSpec,
+               seed: int, out: str) -> None:
+    meta = read_json(meta_path)
+    with seeded(derive_seed(seed, "init", meta["dataset"], arch, variant)):
+        model = make_model(arch, meta, model_options, precode if variant == "precode" else None)
+    save_model(model, out, dict(arch=arch, variant=variant, dataset=meta["dataset"]))
+
+
+def train_model(arch: str, defense_name: str, noise_scale: float, distribution: str, init_path: str,
+                meta_path: str, train_path: str, test_path: str, model_options: dict,
+                precode: PrecodeSpec | None, training: TrainingConfig, seed: int, device: torch.device,
+                out_model: str, out_metrics: str) -> dict:
+    meta = read_json(meta_path)
+    defense = build_defense(defense_name, noise_scale, distribution)
+    model = load_model(init_path, arch, meta, model_options, precode if defense.needs_precode else None)
+    images, labels = load_split_tensors(train_path)
+    cell_seed = derive_seed(seed, "train", meta["dataset"], arch, defense_name, noise_scale)
+    summary = train(model, defense, images, labels, training, cell_seed, device)
+    test_images, test_labels = load_split_tensors(test_path)
+    summary["test_accuracy"] = accuracy(model, test_images, test_labels, device, cell_seed)
+    metrics = dict(dataset=meta["dataset"], arch=arch, defense=defense_name, noise_scale=noise_scale,
+                   training=asdict(training), **summary)
+    save_model(model.cpu(), out_model, dict(arch=arch, defense=defense_name, noise_scale=noise_scale))
+    write_json(out_metrics, metrics)
+    return metrics
+
+
+# --- client: the shared gradient ---------------------------------------------------------------------
+
+def capture_gradients(arch: str, defense_name: str, noise_scale: float, distribution: str, state: str,
+                      model_path: str, meta_path: str, victims_path: str, num_victims: int,
+                      model_options: dict, precode: PrecodeSpec, seed: int, device: torch.device,
+                      out: str) -> None:
+    """The defended gradient of each victim, alone in its batch, stacked over victims."""
+    meta = read_json(meta_path)
+    defense = build_defense(defense_name, noise_scale, distribution)
+    model = load_model(model_path, arch, meta, model_options, precode if defense.needs_precode else None)
+    model.to(device).train()
+    groups = model.parameter_groups()
+    victims = load_tensors(victims_path, required=("images", "labels"))
+    images, labels = victims["images"][:num_victims], victims["labels"][:num_victims]
+    if images.shape[0] < num_victims:
+        raise ArtifactError(f"{victims_path}: has {images.shape[0]} victims, {num_victims} requested")
+    per_victim = []
+    for i in range(num_victims):
+        victim_seed = derive_seed(seed, "capture", meta["dataset"], arch, defense_name, noise_scale, state, i)
+        with seeded(victim_seed, device):
+            grads = shared_gradient(model, images[i:i + 1].to(device), labels[i:i + 1].to(device))
+        per_victim.append(defense(grads, groups, generator(victim_seed, device)))
+    stacked = {GRAD_PREFIX + n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}
+    stacked["labels"] = labels.clone()
+    save_tensors(out, stacked, metadata={"defense": defense_name, "noise_scale": str(noise_scale),
+                                         "state": state, "num_victims": str(num_victims)})
+
+
+# --- server: the attack -----------------------------------------------------------------------------
+
+def run_attack(arch: str, attack_name: str, attack_options: dict, has_precode: bool, model_path: str,
+               meta_path: str, gradients_path: str, model_options: dict, precode: PrecodeSpec, seed: int,
+               device: torch.device, out: str,
+               progress: Callable[[int, torch.Tensor], None] | None = None) -> dict:
+    if attack_needs_precode(attack_name) and not has_precode:
+        raise ValueError(f"attack {attack_name!r} targets PRECODE; this model has none")
+    meta = read_json(meta_path)
+    model = load_model(model_path, arch, meta, model_options, precode if has_precode else None).to(device)
+    shared = load_tensors(gradients_path, required=("labels",))
+    gradients = {k[len(GRAD_PREFIX):]: v for k, v in shared.items() if k.startswith(GRAD_PREFIX)}
+    attack = build_attack(attack_name, **attack_options)
+    # The server sees labels only where the config says it knows them.
+    view = ServerView(model, gradients, shared["labels"] if attack.labels == "known" else None)
+    result = attack(view, seed=seed, progress=progress)
+    save_tensors(out, {"images": result.images, "labels": result.labels, "gradient_loss": result.gradient_loss,
+                       "restart_losses": result.restart_losses},
+                 metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}"})
+    return {"seconds": result.seconds, "gradient_loss_mean": float(result.gradient_loss.mean()),
+            "victims": int(result.images.shape[0])}
+
+
+# --- evaluation -------------------------------------------------------------------------------------
+
+def parse_cell(reconstructions_path: str) -> dict:
+    """The cell of .../attacks/{dataset}/{arch}/{defense}/{sigma}/{state}/{attack}/reconstructions.safetensors."""
+    parts = Path(reconstructions_path).parts
+    if len(parts) < 7:
+        raise ValueError(f"{reconstructions_path}: not an attacks/<dataset>/<arch>/<defense>/<sigma>/<state>/<attack>/ path")
+    dataset, arch, defense, sigma, state, attack = parts[-7:-1]
+    return dict(dataset=dataset, arch=arch, defense=defense, noise_scale=float(sigma), attack=attack,
+                model_state=state)
+
+
+def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: str, out_grid: str,
+                   grid_images: int = 8) -> dict[str, float]:
+    """Per-victim MSE, PSNR and SSIM of every cell; only this stage reads both victims and reconstructions.
+
+    Writes one CSV row per victim per cell and a grid (originals above each cell's reconstructions);
+    returns each cell's mean metrics, keyed for MLflow."""
+    import pandas as pd
+
+    from ppp.report import RECONSTRUCTION_COLUMNS, reconstruction_grid, write_csv
+
+    victims = load_tensors(victims_path, required=("images", "labels"))
+    rows, grid_rows, means = [], [], {}
+    for path in reconstruction_paths:
+        cell = parse_cell(path)
+        recon = load_tensors(path, required=("images",))["images"]
+        if recon.shape[0] > victims["images"].shape[0] or recon.shape[1:] != victims["images"].shape[1:]:
+            raise ArtifactError(f"{path}: reconstructions {tuple(recon.shape)} do not match the victims "
+                                f"{tuple(victims['images'].shape)} of {victims_path}")
+        cell_rows = [dict(cell, victim=i, label=int(victims["labels"][i]),
+                          **image_metrics(victims["images"][i], recon[i])) for i in range(recon.shape[0])]
+        rows += cell_rows
+        key = f"{cell['attack']}.{cell['defense']}.{cell['noise_scale']:g}"
+        for metric in ("mse", "psnr", "ssim"):
+            means[f"{metric}_mean.{key}"] = sum(r[metric] for r in cell_rows) / len(cell_rows)
+        title = f"{cell['attack']}\n{cell['defense']}" + (f" {cell['noise_scale']:g}" if cell["noise_scale"] else "")
+        grid_rows.append((title, recon))
+    write_csv(pd.DataFrame(rows, columns=RECONSTRUCTION_COLUMNS), out_csv)
+    n = max((r.shape[0] for _, r in grid_rows), default=1)
+    reconstruction_grid(victims["images"][:n], grid_rows, out_grid, max_images=grid_images)
+    return means

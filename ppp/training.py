@@ -1,0 +1,73 @@
+"""Training with defended gradients: every update applies the defence the client would apply."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ppp.defenses import Defense
+from ppp.gradients import shared_gradient
+from ppp.models import StagedNet
+from ppp.seeding import derive_seed, generator, seeded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    max_train_examples: int | None = None
+
+
+OPTIMIZERS = {
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay),
+}
+
+
+def train(model: StagedNet, defense: Defense, images: torch.Tensor, labels: torch.Tensor,
+          config: TrainingConfig, seed: int, device: torch.device) -> dict:
+    """Train in place on float images in [0, 1]; return a training summary."""
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"training.optimizer: unknown {config.optimizer!r}; known: {sorted(OPTIMIZERS)}")
+    model.to(device).train()
+    groups = model.parameter_groups()
+    params = dict(model.named_parameters())
+    optimizer = OPTIMIZERS[config.optimizer](list(params.values()), config)
+    order_gen = generator(derive_seed(seed, "order"))
+    noise_gen = generator(derive_seed(seed, "noise"), device)
+    n = images.shape[0] if config.max_train_examples is None else min(images.shape[0], config.max_train_examples)
+    started, steps = time.perf_counter(), 0
+    with seeded(derive_seed(seed, "sampling"), device):
+        for epoch in range(config.epochs):
+            order = torch.randperm(images.shape[0], generator=order_gen)[:n]
+            for start in range(0, n - config.batch_size + 1, config.batch_size):  # drop_last, as the authors
+                index = order[start:start + config.batch_size]
+                x, y = images[index].to(device), labels[index].to(device)
+                grads = defense(shared_gradient(model, x, y), groups, noise_gen)
+                for name, p in params.items():
+                    p.grad = grads[name]
+                optimizer.step()
+                steps += 1
+            log.info("epoch %d/%d done (%d steps)", epoch + 1, config.epochs, steps)
+    return {"steps": steps, "train_seconds": time.perf_counter() - started, "train_examples": n}
+
+
+@torch.no_grad()
+def accuracy(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+             seed: int, batch_size: int = 500) -> float:
+    """Test accuracy in evaluation mode (PRECODE still samples, as the authors' module does)."""
+    model.to(device).eval()
+    correct = 0
+    with seeded(derive_seed(seed, "eval"), device):
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size].to(device)
+            correct += int((model(x).argmax(dim=1).cpu() == labels[start:start + batch_size]).sum())
+    return correct / images.shape[0]

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from ppp.attacks import ServerView, build_attack, infer_labels
+from ppp.attacks.engine import GradientMatchingProblem, optimise
+from ppp.gradients import select_parameters, shared_gradient
+from ppp.metrics import image_metrics
+from ppp.models import PrecodeSpec, build_model
+from ppp.seeding import seeded
+
+
+def _victim_view(images, labels, precode, width=64, seed=0):
+    with seeded(seed):
+        model = build_model("mlp", (1, 32, 32), 10, (0.1307,), (0.3081,), precode, {"width": width})
+    per_victim = []
+    for i in range(images.shape[0]):
+        with seeded(100 + i):
+            per_victim.append(shared_gradient(model, images[i:i + 1], labels[i:i + 1]))
+    grads = {n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}
+    return ServerView(model, grads, labels.clone())
+
+
+def _ssim(images, result):
+    return [image_metrics(images[i], result.images[i])["ssim"] for i in range(images.shape[0])]
+
+
+def test_inverting_gradients_reconstructs_from_an_undefended_model(mnist_victims):
+    images, labels = mnist_victims[0][:2], mnist_victims[1][:2]
+    result = build_attack("ig", iterations=300)(_victim_view(images, labels, None), seed=0)
+    assert min(_ssim(images, result)) > 0.7
+    assert result.images.shape == images.shape and result.images.min() >= 0 and result.images.max() <= 1
+
+
+def test_inverting_gradients_fails_against_precode(mnist_victims):
+    images, labels = mnist_victims[0][:2], mnist_victims[1][:2]
+    view = _victim_view(images, labels, PrecodeSpec(bottleneck_size=16))
+    result = build_attack("ig", iterations=300)(view, seed=0)
+    assert max(_ssim(images, result)) < 0.3
+
+
+def test_targeted_attack_breaks_precode(mnist_victims):
+    images, labels = mnist_victims[0][:2], mnist_victims[1][:2]
+    view = _victim_view(images, labels, PrecodeSpec(bottleneck_size=16))
+    result = build_attack("ig_targeted", iterations=300)(view, seed=0)
+    assert min(_ssim(images, result)) > 0.6
+
+
+def test_label_inference_recovers_the_labels_of_single_image_updates(mnist_victims):
+    images, labels = mnist_victims[0][:6], mnist_victims[1][:6]
+    view = _victim_view(images, labels, None)
+    assert torch.equal(infer_labels(view.model, view.gradients), labels)
+    result = build_attack("ig", iterations=2, labels="inferred")(ServerView(view.model, view.gradients), seed=0)
+    assert torch.equal(result.labels, labels)
+
+
+def test_known_labels_require_labels_in_the_server_view(mnist_victims):
+    view = _victim_view(mnist_victims[0][:1], mnist_victims[1][:1], None)
+    with pytest.raises(ValueError, match="no labels"):
+        build_attack("ig", iterations=1)(ServerView(view.model, view.gradients), seed=0)
+
+
+def test_many_victims_at_once_equal_one_by_one(mnist_victims):
+    images, labels = mnist_victims[0][:3], mnist_victims[1][:3]
+    view = _victim_view(images, labels, None, width=16)
+    problem = GradientMatchingProblem(names=select_parameters(view.model, "all"), iterations=5, lr=0.1,
+                                      tv_weight=1e-4, restarts=2, init="randn", signed=True, boxed=True,
+                                      lr_decay=True)
+    together = optimise(view, labels, problem, seed=3)
+    for i in range(3):
+        alone_view = ServerView(view.model, {n: g[i:i + 1] for n, g in view.gradients.items()}, labels[i:i + 1])
+        alone = optimise(alone_view, labels[i:i + 1], problem, seed=3, victim_ids=[i])
+        assert torch.allclose(alone.images[0], together.images[i], atol=1e-5)
+        assert torch.allclose(alone.restart_losses[0], together.restart_losses[i], atol=1e-5)
+    assert not torch.allclose(together.images[0], together.images[1])
+
+
+def test_unknown_attack_and_option_are_named():
+    with pytest.raises(ValueError, match="unknown attack 'dlg'"):
+        build_attack("dlg")
+    with pytest.raises(ValueError, match="unknown options"):
+        build_attack("ig", iterationz=3)

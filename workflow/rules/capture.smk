@@ -1,0 +1,23 @@
+rule capture:
+    input:
+        model=model_state_path,
+        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
+        victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
+        tracking=tracking_ready(),
+    output:
+        gradients=f"{RESULTS}/gradients/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/{{state}}.safetensors",
+    params:
+        model_options=lambda w: config["models"].get(w.arch, {}),
+        precode=precode_params(),
+        num_victims=lambda w: victims_per_cell(config, w.arch),
+        distribution=config["noise"].get("distribution", "gaussian"),
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        f"{LOGS}/capture/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}_{{state}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/capture.py"

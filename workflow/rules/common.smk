@@ -1,0 +1,92 @@
+# Shared helpers: the grid of cells the config asks for, and the params every job gets.
+import os
+
+from ppp.config import attack_options, training_options, victims_per_cell
+from ppp.defenses import DEFENSES, uses_noise
+from ppp.attacks.inverting_gradients import attack_needs_precode
+
+RESULTS = "results"
+LOGS = f"{RESULTS}/logs"
+
+
+wildcard_constraints:
+    dataset="|".join(config["datasets"]),
+    arch="[a-z0-9]+",
+    variant="plain|precode",
+    defense="|".join(DEFENSES),
+    sigma=r"[0-9][0-9.e+-]*",
+    state="init|trained",
+    attack="[a-z_]+",
+
+
+def sigma_str(value):
+    return f"{float(value):g}"
+
+
+def defense_cells():
+    """(defense, sigma) pairs: one per noise scale for noising defences, sigma 0 otherwise."""
+    for defense in config["defenses"]:
+        if uses_noise(defense):
+            for scale in config["noise"]["scales"]:
+                yield defense, sigma_str(scale)
+        else:
+            yield defense, "0"
+
+
+def needs_precode(defense):
+    return DEFENSES[defense].needs_precode
+
+
+def variant_of(defense):
+    return "precode" if needs_precode(defense) else "plain"
+
+
+def attack_cells():
+    """Every (dataset, arch, defense, sigma, state, attack) the study attacks."""
+    for dataset in config["datasets"]:
+        for arch in config["archs"]:
+            for defense, sigma in defense_cells():
+                for state in config["model_states"]:
+                    for attack in config["attacks"]:
+                        if attack_needs_precode(attack) and not needs_precode(defense):
+                            continue  # the targeted attack is defined by PRECODE's position
+                        yield dict(dataset=dataset, arch=arch, defense=defense, sigma=sigma, state=state,
+                                   attack=attack)
+
+
+def model_state_path(wildcards):
+    """The weights a capture or attack job uses: the shared initialisation, or the cell's checkpoint."""
+    if wildcards.state == "init":
+        return f"{RESULTS}/models/{wildcards.dataset}/{wildcards.arch}/{variant_of(wildcards.defense)}/init.safetensors"
+    return f"{RESULTS}/models/{wildcards.dataset}/{wildcards.arch}/{wildcards.defense}/{wildcards.sigma}/trained.safetensors"
+
+
+def tracking_ready():
+    """Jobs that log wait for the backend to exist; ancient() so it never triggers re-runs."""
+    return ancient(f"{RESULTS}/mlflow/ready.json") if config["mlflow"]["enabled"] else []
+
+
+def max_victims(dataset):
+    return max(victims_per_cell(config, arch) for arch in config["archs"])
+
+
+def reconstruction_grids():
+    return expand(f"{RESULTS}/plots/reconstructions_{{dataset}}_{{arch}}_{{state}}.png",
+                  dataset=list(config["datasets"]), arch=config["archs"], state=config["model_states"])
+
+
+def precode_params():
+    return dict(config["precode"])
+
+
+def data_options(wildcards):
+    """The dataset's source options; the victim path is left out so that changing it re-runs only
+    what depends on the victims."""
+    return {k: v for k, v in config["datasets"][wildcards.dataset].items() if k != "victims"}
+
+
+def data_source_files(wildcards):
+    options = config["datasets"][wildcards.dataset]
+    if options.get("source", "bundled") == "bundled":
+        return options.get("path") or f"data/bundled/{wildcards.dataset}.npz"
+    return []

@@ -1,0 +1,36 @@
+rule prepare_data:
+    input:
+        source=data_source_files,
+        tracking=tracking_ready(),
+    output:
+        train=f"{RESULTS}/data/{{dataset}}/train.safetensors",
+        test=f"{RESULTS}/data/{{dataset}}/test.safetensors",
+        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
+    params:
+        options=data_options,
+        seed=config["seed"],
+    log:
+        f"{LOGS}/prepare_data/{{dataset}}.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/prepare_data.py"
+
+
+rule prepare_victims:
+    input:
+        victims=lambda w: config["datasets"][w.dataset]["victims"],
+        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
+        tracking=tracking_ready(),
+    output:
+        victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
+    params:
+        num_victims=lambda w: max_victims(w.dataset),
+    log:
+        f"{LOGS}/prepare_victims/{{dataset}}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/prepare_victims.py"

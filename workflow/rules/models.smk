@@ -1,0 +1,46 @@
+rule init_model:
+    input:
+        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
+        tracking=tracking_ready(),
+    output:
+        model=f"{RESULTS}/models/{{dataset}}/{{arch}}/{{variant}}/init.safetensors",
+    params:
+        model_options=lambda w: config["models"].get(w.arch, {}),
+        precode=precode_params(),
+        seed=config["seed"],
+    log:
+        f"{LOGS}/init_model/{{dataset}}_{{arch}}_{{variant}}.log",
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    script:
+        "../scripts/init_model.py"
+
+
+rule train:
+    input:
+        init=lambda w: f"{RESULTS}/models/{w.dataset}/{w.arch}/{variant_of(w.defense)}/init.safetensors",
+        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
+        train=f"{RESULTS}/data/{{dataset}}/train.safetensors",
+        test=f"{RESULTS}/data/{{dataset}}/test.safetensors",
+        tracking=tracking_ready(),
+    output:
+        model=f"{RESULTS}/models/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/trained.safetensors",
+        metrics=f"{RESULTS}/models/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/metrics.json",
+    params:
+        model_options=lambda w: config["models"].get(w.arch, {}),
+        precode=precode_params(),
+        training=lambda w: training_options(config, w.arch),
+        distribution=config["noise"].get("distribution", "gaussian"),
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        f"{LOGS}/train/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    script:
+        "../scripts/train.py"

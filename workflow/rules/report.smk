@@ -1,0 +1,34 @@
+def evaluation_files():
+    return expand(f"{RESULTS}/eval/{{dataset}}/{{arch}}/{{state}}/metrics.csv",
+                  dataset=list(config["datasets"]), arch=config["archs"], state=config["model_states"])
+
+
+def utility_files():
+    if not config["training"]["enabled"]:
+        return []
+    return [
+        f"{RESULTS}/models/{dataset}/{arch}/{defense}/{sigma}/metrics.json"
+        for dataset in config["datasets"]
+        for arch in config["archs"]
+        for defense, sigma in defense_cells()
+    ]
+
+
+rule aggregate:
+    input:
+        metrics=evaluation_files(),
+        utility=utility_files(),
+        tracking=tracking_ready(),
+    output:
+        reconstructions=report(f"{RESULTS}/tables/reconstructions.csv", caption="../report/reconstructions.rst", category="Tables"),
+        utility=report(f"{RESULTS}/tables/utility.csv", caption="../report/utility.rst", category="Tables"),
+        summary=report(f"{RESULTS}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
+        findings=report(f"{RESULTS}/tables/findings.csv", caption="../report/findings.rst", category="Tables"),
+        privacy_utility=report(f"{RESULTS}/plots/privacy_utility.png", caption="../report/privacy_utility.rst", category="Plots"),
+    params:
+        success_ssim=config["report"]["success_ssim"],
+    log:
+        f"{LOGS}/aggregate.log",
+    localrule: True
+    script:
+        "../scripts/aggregate.py"
