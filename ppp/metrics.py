@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
 METRICS = ("mse", "psnr", "ssim")
 
 
 def image_metrics(original: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, float]:
     """MSE, PSNR (dB, data range 1) and SSIM (Gaussian-weighted, per channel) of one (C, H, W) pair."""
+    # Imported here: scikit-image pulls in scipy.stats, which every other job would pay for at start.
+    from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+
     a = original.detach().cpu().clamp(0, 1).numpy().astype(np.float64)
     b = reconstruction.detach().cpu().clamp(0, 1).numpy().astype(np.float64)
     if a.shape != b.shape:

@@ -88,5 +88,5 @@ def data_options(wildcards):
 def data_source_files(wildcards):
     options = config["datasets"][wildcards.dataset]
     if options.get("source", "bundled") == "bundled":
-        return options.get("path") or f"data/bundled/{wildcards.dataset}.npz"
+        return options.get("path") or os.path.join(workflow.basedir, "data", "bundled", f"{wildcards.dataset}.npz")
     return []

@@ -1,0 +1,103 @@
+"""End to end: the Snakemake workflow on the tiny config, in a temporary working directory."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ppp.report import RECONSTRUCTION_COLUMNS, UTILITY_COLUMNS
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+
+def snakemake(workdir: Path, *args: str) -> str:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def planned_rules(output: str) -> set[str]:
+    """Rule names in the 'Job stats' table of a dry run."""
+    if "Job stats" not in output:
+        return set()
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {m.group(1) for m in re.finditer(r"^([a-z_]+)\s+\d+\s*$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    victims = workdir / "victims.npz"
+    shutil.copy(REPO / "data" / "victims" / "mnist_128_cvb.npz", victims)
+    config["datasets"]["mnist"]["victims"] = str(victims)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    snakemake(workdir, "--cores", "2")
+    return workdir, config
+
+
+def test_tables_have_one_row_per_victim_per_cell(finished_run):
+    workdir, config = finished_run
+    tables = workdir / "results" / "tables"
+    recon = pd.read_csv(tables / "reconstructions.csv")
+    assert list(recon.columns) == RECONSTRUCTION_COLUMNS
+    # none, noise, precode, ppp with ig, plus ig_targeted on precode and ppp: 6 cells.
+    cells = recon.groupby(["defense", "noise_scale", "attack"]).size()
+    assert len(cells) == 6 and set(cells) == {config["attack"]["defaults"]["victims"]}
+    assert recon[["mse", "psnr", "ssim"]].notna().all().all()
+    utility = pd.read_csv(tables / "utility.csv")
+    assert list(utility.columns) == UTILITY_COLUMNS and len(utility) == 4
+    assert utility.test_accuracy.between(0, 1).all()
+    summary = pd.read_csv(tables / "summary.csv")
+    assert {"ssim_mean", "psnr_median", "success_rate", "test_accuracy"} <= set(summary.columns)
+    for plot in ("privacy_utility.png", "reconstructions_mnist_mlp_init.png"):
+        assert (workdir / "results" / "plots" / plot).stat().st_size > 1000
+
+
+def test_every_job_is_an_mlflow_run(finished_run):
+    from mlflow.tracking import MlflowClient
+
+    workdir, _ = finished_run
+    client = MlflowClient(f"sqlite:///{workdir / 'results' / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ppp")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    rules = {r.data.tags["rule"] for r in runs}
+    assert {"prepare_data", "train", "capture", "attack", "evaluate", "aggregate"} <= rules
+    attack_runs = [r for r in runs if r.data.tags["rule"] == "attack"]
+    assert len(attack_runs) == 6 and all("wildcard.defense" in r.data.tags for r in attack_runs)
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_rerun_does_nothing_and_new_victims_rerun_only_what_depends_on_them(finished_run):
+    workdir, _ = finished_run
+    assert planned_rules(snakemake(workdir, "-n")) == set()
+    arrays = dict(np.load(workdir / "victims.npz"))
+    arrays["images"] = arrays["images"][::-1].copy()
+    arrays["labels"] = arrays["labels"][::-1].copy()
+    np.savez(workdir / "other_victims.npz", **arrays)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["datasets"]["mnist"]["victims"] = str(workdir / "other_victims.npz")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    planned = planned_rules(snakemake(workdir, "-n"))
+    assert {"prepare_victims", "capture", "attack", "evaluate", "aggregate"} <= planned
+    assert not planned & {"prepare_data", "init_model", "train"}
+
+
+def test_bad_config_gets_one_message_naming_the_key(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config["attack"]["defaults"]["iterations"] = -3
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "config.yaml"), "-n"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "config key 'attack.defaults.iterations'" in done.stdout + done.stderr
