@@ -79,3 +79,14 @@ def test_unknown_attack_and_option_are_named():
         build_attack("dlg")
     with pytest.raises(ValueError, match="unknown options"):
         build_attack("ig", iterationz=3)
+
+
+def test_the_same_seed_gives_the_same_reconstruction_even_with_precode(mnist_victims):
+    images, labels = mnist_victims[0][:2], mnist_victims[1][:2]
+    view = _victim_view(images, labels, PrecodeSpec(bottleneck_size=8), width=16)
+    first = build_attack("ig", iterations=10)(view, seed=5)
+    second = build_attack("ig", iterations=10)(view, seed=5)
+    other = build_attack("ig", iterations=10)(view, seed=6)
+    assert torch.equal(first.images, second.images)
+    assert torch.equal(first.restart_losses, second.restart_losses)
+    assert not torch.equal(first.images, other.images)

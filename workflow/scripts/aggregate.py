@@ -9,7 +9,7 @@ with job(snakemake, {"success_ssim": snakemake.params.success_ssim}) as run:
     report.write_csv(reconstructions, out.reconstructions)
     report.write_csv(utility, out.utility)
     report.write_csv(summary, out.summary)
-    report.write_csv(report.findings(summary), out.findings)
+    report.write_csv(report.findings(summary, snakemake.params.success_ssim), out.findings)
     report.privacy_utility_plot(summary, out.privacy_utility)
     for path in (out.reconstructions, out.utility, out.summary, out.findings, out.privacy_utility):
         run.log_artifact(path)
