@@ -120,8 +120,6 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     optimizer = torch.optim.Adam([x], lr=problem.lr)
     milestones = [round(problem.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if problem.lr_decay else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    params = dict(model.named_parameters())
-    selected = [params[n] for n in problem.names]
 
     def row_gradient_loss(i: int, create_graph: bool) -> torch.Tensor:
         pixels = x[i: i + 1] * std + mean

@@ -6,7 +6,7 @@ whose gradients PRECODE's sampling makes stochastic, and matches only the earlie
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -29,7 +29,6 @@ class InvertingGradients:
     keep_encoder: bool = False
     labels: str = "known"  # known: the server has the labels; inferred: from the classifier's gradient
     progress_every: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.labels not in ("known", "inferred"):

@@ -66,7 +66,8 @@ def tracking_ready():
     return ancient(f"{RESULTS}/mlflow/ready.json") if config["mlflow"]["enabled"] else []
 
 
-def max_victims(dataset):
+def max_victims():
+    """Victims prepared per dataset: the most any architecture attacks."""
     return max(victims_per_cell(config, arch) for arch in config["archs"])
 
 

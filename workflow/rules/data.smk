@@ -26,7 +26,7 @@ rule prepare_victims:
     output:
         victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
     params:
-        num_victims=lambda w: max_victims(w.dataset),
+        num_victims=max_victims(),
     log:
         f"{LOGS}/prepare_victims/{{dataset}}.log",
     resources:
