@@ -89,5 +89,7 @@ def data_options(wildcards):
 def data_source_files(wildcards):
     options = config["datasets"][wildcards.dataset]
     if options.get("source", "bundled") == "bundled":
-        return options.get("path") or os.path.join(workflow.basedir, "data", "bundled", f"{wildcards.dataset}.npz")
+        # Relative to the working directory, so moving the clone does not change the input set.
+        return options.get("path") or os.path.relpath(
+            os.path.join(workflow.basedir, "data", "bundled", f"{wildcards.dataset}.npz"))
     return []
