@@ -59,19 +59,49 @@ def test_known_labels_require_labels_in_the_server_view(mnist_victims):
         build_attack("ig", iterations=1)(ServerView(view.model, view.gradients), seed=0)
 
 
-def test_many_victims_at_once_equal_one_by_one(mnist_victims):
+def _problem(view, **overrides):
+    options = dict(names=select_parameters(view.model, "all"), iterations=6, lr=0.1, tv_weight=1e-4, restarts=2,
+                   init="randn", signed=True, boxed=True, lr_decay=True)
+    return GradientMatchingProblem(**{**options, **overrides})
+
+
+@pytest.mark.parametrize("arch,options", [("mlp", {"width": 16}), ("lenet", {}), ("resnet18", {"width": 4})])
+def test_many_victims_at_once_equal_one_by_one(mnist_victims, arch, options):
+    """The vectorised engine on 3 victims x 2 restarts equals the sequential path, victim by victim."""
+    images, labels = mnist_victims[0][:3], mnist_victims[1][:3]
+    with seeded(0):
+        model = build_model(arch, (1, 32, 32), 10, (0.1307,), (0.3081,), None, options)
+    per_victim = [shared_gradient(model, images[i:i + 1], labels[i:i + 1]) for i in range(3)]
+    view = ServerView(model, {n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}, labels)
+    together = optimise(view, labels, _problem(view, vectorize=True), seed=3)
+    for i in range(3):
+        alone_view = ServerView(model, {n: g[i:i + 1] for n, g in view.gradients.items()}, labels[i:i + 1])
+        alone = optimise(alone_view, labels[i:i + 1], _problem(view, vectorize=False), seed=3, victim_ids=[i])
+        assert torch.allclose(alone.images[0], together.images[i], atol=1e-4)
+        assert torch.allclose(alone.restart_losses[0], together.restart_losses[i], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(together.images[0], together.images[1])
+
+
+def test_chunks_and_memory_budget_give_the_same_result(mnist_victims):
     images, labels = mnist_victims[0][:3], mnist_victims[1][:3]
     view = _victim_view(images, labels, None, width=16)
-    problem = GradientMatchingProblem(names=select_parameters(view.model, "all"), iterations=5, lr=0.1,
-                                      tv_weight=1e-4, restarts=2, init="randn", signed=True, boxed=True,
-                                      lr_decay=True)
-    together = optimise(view, labels, problem, seed=3)
-    for i in range(3):
-        alone_view = ServerView(view.model, {n: g[i:i + 1] for n, g in view.gradients.items()}, labels[i:i + 1])
-        alone = optimise(alone_view, labels[i:i + 1], problem, seed=3, victim_ids=[i])
-        assert torch.allclose(alone.images[0], together.images[i], atol=1e-5)
-        assert torch.allclose(alone.restart_losses[0], together.restart_losses[i], atol=1e-5)
-    assert not torch.allclose(together.images[0], together.images[1])
+    whole = optimise(view, labels, _problem(view), seed=1)
+    chunked = optimise(view, labels, _problem(view, chunk_rows=2), seed=1)
+    budget = optimise(view, labels, _problem(view, memory_budget_mb=0.5), seed=1)
+    assert chunked.chunk_rows == 2 and budget.chunk_rows is not None and 1 <= budget.chunk_rows < 6
+    for other in (chunked, budget):
+        assert torch.allclose(whole.images, other.images, atol=1e-5)
+
+
+def test_early_stopping_freezes_victims_that_stopped_improving(mnist_victims):
+    images, labels = mnist_victims[0][:2], mnist_victims[1][:2]
+    view = _victim_view(images, labels, None, width=16)
+    # A huge min_improvement means no step counts as progress: every row stops after `patience` steps.
+    stopped = optimise(view, labels, _problem(view, iterations=50, restarts=1, patience=3, min_improvement=0.99),
+                       seed=0)
+    assert stopped.iterations.tolist() == [4, 4]
+    full = optimise(view, labels, _problem(view, iterations=50, restarts=1), seed=0)
+    assert full.iterations.tolist() == [50, 50]
 
 
 def test_unknown_attack_and_option_are_named():
@@ -90,3 +120,18 @@ def test_the_same_seed_gives_the_same_reconstruction_even_with_precode(mnist_vic
     assert torch.equal(first.images, second.images)
     assert torch.equal(first.restart_losses, second.restart_losses)
     assert not torch.equal(first.images, other.images)
+
+
+def test_ppp_bench_prints_one_json_line_per_mode(capsys):
+    import json
+
+    from ppp.bench import main
+
+    assert main(["--arch", "mlp", "--width", "16", "--victims", "2", "--iterations", "3"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["mode"] for line in lines] == ["batched", "sequential"]
+    for line in lines:
+        assert {"arch", "defense", "victims", "iterations", "device", "seconds", "victim_iterations_per_second",
+                "peak_memory_mb", "mean_psnr"} <= set(line)
+        assert line["victims"] == 2 and line["seconds"] > 0
+    assert abs(lines[0]["mean_psnr"] - lines[1]["mean_psnr"]) < 0.01

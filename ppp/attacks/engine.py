@@ -2,12 +2,13 @@
 
 All victims x restarts of one cell are one tensor optimised by one optimiser. Every row has its own
 objective, and Adam and the sign step act elementwise, so rows never interact: the result equals
-attacking each victim on its own. Each row's graph is freed right after its backward pass, so
-memory does not grow with the number of rows.
+attacking each victim on its own. The rows' objectives are evaluated together with torch.func
+(vmap over a nested grad), in chunks of `chunk_rows` rows to bound memory, or one after another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from ppp.gradients import shared_gradient
 from ppp.models import StagedNet
@@ -43,6 +46,8 @@ class AttackResult:
     restart_losses: torch.Tensor  # (B, R)
     labels: torch.Tensor  # (B,), the labels the attack used (known or inferred)
     seconds: float
+    iterations: torch.Tensor | None = None  # (B,), iterations the chosen restart ran before it stopped
+    chunk_rows: int | None = None  # rows per vectorised pass that were used (None: all at once)
 
 
 def infer_labels(model: StagedNet, gradients: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -69,7 +74,8 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class GradientMatchingProblem:
-    """What is optimised: which gradients are matched, the regulariser and the optimiser schedule."""
+    """What is optimised: which gradients are matched, the regulariser, the optimiser schedule, and how
+    the rows are computed (vectorised in chunks, or one by one) and stopped."""
 
     names: list[str]
     iterations: int
@@ -80,13 +86,113 @@ class GradientMatchingProblem:
     signed: bool
     boxed: bool
     lr_decay: bool
+    vectorize: bool = True  # all rows of a chunk in one vmap'd pass; False: one row after another
+    chunk_rows: int | None = None  # rows per vectorised pass (None: all; bounds memory)
+    patience: int = 0  # freeze a row whose loss has not improved for this many iterations (0: never)
+    min_improvement: float = 1e-4  # relative improvement that counts as progress for `patience`
+    memory_budget_mb: float | None = None  # choose chunk_rows so that a chunk's graphs fit this
+
+
+class RowObjective:
+    """Per-row gradient-matching loss and its gradient with respect to the row's image.
+
+    Row i is image x[i] as a batch of one, with label `labels[i]` and target gradients `targets[k][i]`.
+    `vectorize` evaluates many rows in one pass with torch.func (vmap over a nested grad); the loop
+    evaluates one row after another through autograd. Both compute the same function."""
+
+    def __init__(self, model: StagedNet, names: list[str], labels: torch.Tensor, targets: list[torch.Tensor],
+                 tv_weight: float):
+        self.model, self.names, self.labels, self.targets = model, names, labels, targets
+        self.tv_weight = tv_weight
+        self.mean, self.std = model.mean[0], model.std[0]
+
+    def gradient_loss(self, x_row: torch.Tensor, row: int, create_graph: bool) -> torch.Tensor:
+        pixels = x_row.unsqueeze(0) * self.std + self.mean
+        grads = shared_gradient(self.model, pixels, self.labels[row: row + 1], create_graph=create_graph,
+                                names=self.names)
+        return cosine_distance([grads[n] for n in self.names], [t[row] for t in self.targets])
+
+    def loop(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        losses, grads = torch.empty(len(rows), device=x.device), torch.empty((len(rows), *x.shape[1:]), device=x.device)
+        for k, row in enumerate(rows.tolist()):
+            x_row = x[row].detach().requires_grad_(True)
+            loss = self.gradient_loss(x_row, row, create_graph=True) + self.tv_weight * total_variation(x_row)
+            (grads[k],) = torch.autograd.grad(loss, x_row)
+            losses[k] = loss.detach()
+        return losses, grads
+
+    def vectorized(self, x: torch.Tensor, rows: torch.Tensor, chunk_rows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        from torch.func import functional_call, grad, grad_and_value, vmap
+
+        model, names = self.model, self.names
+        params = dict(model.named_parameters())
+        selected = {n: params[n].detach() for n in names}
+
+        def row_loss(x_row, label, targets):
+            def training_loss(weights):
+                logits = functional_call(model, weights, (x_row.unsqueeze(0) * self.std + self.mean,))
+                # PRECODE's KL is stored by this same forward, so it is read inside the transform.
+                return F.cross_entropy(logits, label.unsqueeze(0)) + model.regularizer()
+
+            g = grad(training_loss)(selected)
+            return cosine_distance([g[n] for n in names], targets) + self.tv_weight * total_variation(x_row)
+
+        batched = vmap(grad_and_value(row_loss), randomness="different", chunk_size=chunk_rows)
+        with _no_running_stats(model), torch.no_grad():
+            grads, losses = batched(x[rows].detach(), self.labels[rows], [t[rows] for t in self.targets])
+        return losses, grads
+
+
+def saved_bytes_per_row(objective: RowObjective, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for one row's double backward: the memory a row adds to a chunk."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        objective.loop(x, torch.tensor([0], device=x.device))
+    return total
+
+
+def rows_per_chunk(objective: RowObjective, x: torch.Tensor, memory_budget_mb: float | None,
+                   chunk_rows: int | None) -> int | None:
+    """The chunk size: the configured one, or as many rows as fit the memory budget (at least one)."""
+    if not memory_budget_mb:
+        return chunk_rows
+    per_row = max(1, saved_bytes_per_row(objective, x))
+    fitting = max(1, int(memory_budget_mb * 2**20 // per_row))
+    chosen = min(fitting, chunk_rows) if chunk_rows else fitting
+    log.info("memory budget %.0f MB, about %.1f MB per row: %d rows per chunk", memory_budget_mb,
+             per_row / 2**20, chosen)
+    return chosen
+
+
+@contextlib.contextmanager
+def _no_running_stats(model: nn.Module):
+    """Training-mode BatchNorm normalises with the image's own statistics either way; switching off the
+    running-statistics update (an in-place write vmap refuses) changes no output."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
 
 
 def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingProblem, seed: int,
              progress: Callable[[int, torch.Tensor], None] | None = None,
              progress_every: int = 0, victim_ids: list[int] | None = None) -> AttackResult:
-    """Optimise one dummy image per victim and restart. Each row's start is seeded by (seed, victim id,
-    restart), so a victim gets the same start whether it is attacked alone or with others."""
+    """Optimise one dummy image per victim and restart, all rows in one optimiser.
+
+    Each row's start is seeded by (seed, victim id, restart), so a victim gets the same start whether it
+    is attacked alone or with others; Adam and the sign step act elementwise, so rows never interact.
+    Every row keeps its best iterate (lowest objective); with `patience`, a row that stopped improving
+    is frozen and no longer computed."""
     started = time.perf_counter()
     model = view.model
     model.train()  # the client computed its update in training mode
@@ -113,49 +219,75 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             else:
                 raise ValueError(f"unknown init {problem.init!r}; known: randn, rand")
             rows.append(row)
-    x = torch.stack(rows).to(device).requires_grad_(True)
+    n_rows = batch * restarts
+    x = torch.stack(rows).to(device)
+    x.grad = torch.zeros_like(x)
     row_labels = labels.to(device).repeat_interleave(restarts)
-    targets = [view.gradients[n].to(device) for n in problem.names]
+    targets = [view.gradients[n].to(device).repeat_interleave(restarts, dim=0) for n in problem.names]
+    objective = RowObjective(model, problem.names, row_labels, targets, problem.tv_weight)
+    chunk_rows = rows_per_chunk(objective, x, problem.memory_budget_mb, problem.chunk_rows)
 
     optimizer = torch.optim.Adam([x], lr=problem.lr)
     milestones = [round(problem.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if problem.lr_decay else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
-    def row_gradient_loss(i: int, create_graph: bool) -> torch.Tensor:
-        pixels = x[i: i + 1] * std + mean
-        grads = shared_gradient(model, pixels, row_labels[i: i + 1], create_graph=create_graph,
-                                names=problem.names)
-        victim = i // restarts
-        return cosine_distance([grads[n] for n in problem.names], [t[victim] for t in targets])
-
-    losses = torch.zeros(batch * restarts)
+    losses = torch.full((n_rows,), float("inf"))
+    best_loss = torch.full((n_rows,), float("inf"))
+    best_x = x.detach().clone()
+    since_improved = torch.zeros(n_rows, dtype=torch.long)
+    active = torch.ones(n_rows, dtype=torch.bool)
+    iterations_run = torch.zeros(n_rows, dtype=torch.long)
     with seeded(derive_seed(seed, "sampling"), device):
         for step in range(problem.iterations):
-            optimizer.zero_grad(set_to_none=False)
-            if x.grad is None:
-                x.grad = torch.zeros_like(x)
-            for i in range(x.shape[0]):
-                loss = row_gradient_loss(i, create_graph=True) + problem.tv_weight * total_variation(x[i])
-                (row_grad,) = torch.autograd.grad(loss, x, only_inputs=True)
-                x.grad += row_grad
-                losses[i] = loss.detach()
-            if problem.signed:
-                x.grad.sign_()
+            live = active.nonzero().flatten()
+            if len(live) == 0:
+                break
+            if problem.vectorize:
+                row_losses, row_grads = objective.vectorized(x, live.to(device), chunk_rows)
+            else:
+                row_losses, row_grads = objective.loop(x, live.to(device))
+            # The objective at the current iterate: remember the best iterate before stepping.
+            row_losses = row_losses.detach().cpu()
+            losses[live] = row_losses
+            improved = row_losses < best_loss[live] * (1 - problem.min_improvement)
+            better = row_losses < best_loss[live]
+            best_x[live[better].to(device)] = x[live[better].to(device)]
+            best_loss[live] = torch.minimum(best_loss[live], row_losses)
+            since_improved[live] = torch.where(improved, 0, since_improved[live] + 1)
+            iterations_run[live] += 1
+
+            frozen_before = x[~active.to(device)].clone() if not bool(active.all()) else None
+            x.grad.zero_()
+            x.grad[live.to(device)] = row_grads.sign() if problem.signed else row_grads
             optimizer.step()
             scheduler.step()
+            if frozen_before is not None:  # Adam's momentum would move frozen rows: hold them
+                x[~active.to(device)] = frozen_before
             if problem.boxed:
-                with torch.no_grad():
-                    x.data = torch.max(torch.min(x, upper), lower)
+                x.copy_(torch.max(torch.min(x, upper), lower))
+            if problem.patience:
+                active &= since_improved < problem.patience
             if progress and progress_every and ((step + 1) % progress_every == 0 or step + 1 == problem.iterations):
                 progress(step + 1, losses.view(batch, restarts))
-            if not math.isfinite(float(losses.sum())):
+            if not math.isfinite(float(row_losses.sum())):
                 log.warning("non-finite attack loss at iteration %d", step + 1)
 
+        # The last iterate may be the best one too.
+        if problem.iterations > 0 and bool(active.any()):
+            live = active.nonzero().flatten()
+            final, _ = (objective.vectorized(x, live.to(device), chunk_rows) if problem.vectorize
+                        else objective.loop(x, live.to(device)))
+            final = final.detach().cpu()
+            better = final < best_loss[live]
+            best_x[live[better].to(device)] = x[live[better].to(device)]
+            best_loss[live] = torch.minimum(best_loss[live], final)
         # Score every restart by its gradient-matching loss alone, as Inverting Gradients does.
-        scores = torch.stack([row_gradient_loss(i, create_graph=False).detach() for i in range(x.shape[0])])
-    scores = scores.view(batch, restarts).cpu()
+        scores = torch.stack([objective.gradient_loss(best_x[i], i, create_graph=False).detach().cpu()
+                              for i in range(n_rows)])
+    scores = scores.view(batch, restarts)
     best = scores.argmin(dim=1)
-    final = (x.detach() * std + mean).clamp(0, 1).view(batch, restarts, *shape).cpu()
-    images = final[torch.arange(batch), best]
+    final_images = (best_x * std + mean).clamp(0, 1).view(batch, restarts, *shape).cpu()
+    images = final_images[torch.arange(batch), best]
     return AttackResult(images=images, gradient_loss=scores[torch.arange(batch), best], restart_losses=scores,
-                        labels=labels.cpu(), seconds=time.perf_counter() - started)
+                        labels=labels.cpu(), seconds=time.perf_counter() - started, chunk_rows=chunk_rows,
+                        iterations=iterations_run.view(batch, restarts)[torch.arange(batch), best])

@@ -29,6 +29,11 @@ class InvertingGradients:
     keep_encoder: bool = False
     labels: str = "known"  # known: the server has the labels; inferred: from the classifier's gradient
     progress_every: int = 0
+    vectorize: bool = True  # evaluate the rows of a chunk in one torch.func pass
+    batch_size: int | None = None  # rows (victims x restarts) per vectorised pass; None: all
+    memory_budget_mb: float | None = None  # or: as many rows per pass as fit this budget
+    patience: int = 0  # early stopping: freeze a victim after this many iterations without progress
+    min_improvement: float = 1e-4
 
     def __post_init__(self):
         if self.labels not in ("known", "inferred"):
@@ -47,7 +52,9 @@ class InvertingGradients:
         problem = GradientMatchingProblem(
             names=select_parameters(view.model, self.selection, self.keep_encoder),
             iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
-            init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay)
+            init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay,
+            vectorize=self.vectorize, chunk_rows=self.batch_size, patience=self.patience,
+            min_improvement=self.min_improvement, memory_budget_mb=self.memory_budget_mb)
         return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every)
 
 

@@ -21,6 +21,7 @@ rule attack:
     resources:
         mem_mb=4000,
         runtime=240,
+        gpu=gpu_request(),
     script:
         "../scripts/attack.py"
 

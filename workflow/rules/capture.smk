@@ -19,5 +19,6 @@ rule capture:
     resources:
         mem_mb=2000,
         runtime=10,
+        gpu=gpu_request(),
     script:
         "../scripts/capture.py"

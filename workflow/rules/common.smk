@@ -93,3 +93,9 @@ def data_source_files(wildcards):
         return options.get("path") or os.path.relpath(
             os.path.join(workflow.basedir, "data", "bundled", f"{wildcards.dataset}.npz"))
     return []
+
+
+def gpu_request():
+    """GPU rules ask for one GPU unless the config pins the CPU; `--resources gpu=N` then keeps
+    jobs from overlapping on one card."""
+    return 0 if config["device"] == "cpu" else 1

@@ -42,5 +42,6 @@ rule train:
     resources:
         mem_mb=4000,
         runtime=120,
+        gpu=gpu_request(),
     script:
         "../scripts/train.py"
