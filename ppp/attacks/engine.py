@@ -231,6 +231,12 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     milestones = [round(problem.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if problem.lr_decay else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
+    def evaluate(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # A single row is faster through plain autograd than through a vmap of one (benchmarks/).
+        if problem.vectorize and len(rows) > 1:
+            return objective.vectorized(x, rows, chunk_rows)
+        return objective.loop(x, rows)
+
     losses = torch.full((n_rows,), float("inf"))
     best_loss = torch.full((n_rows,), float("inf"))
     best_x = x.detach().clone()
@@ -242,10 +248,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             live = active.nonzero().flatten()
             if len(live) == 0:
                 break
-            if problem.vectorize:
-                row_losses, row_grads = objective.vectorized(x, live.to(device), chunk_rows)
-            else:
-                row_losses, row_grads = objective.loop(x, live.to(device))
+            row_losses, row_grads = evaluate(live.to(device))
             # The objective at the current iterate: remember the best iterate before stepping.
             row_losses = row_losses.detach().cpu()
             losses[live] = row_losses
@@ -275,8 +278,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         # The last iterate may be the best one too.
         if problem.iterations > 0 and bool(active.any()):
             live = active.nonzero().flatten()
-            final, _ = (objective.vectorized(x, live.to(device), chunk_rows) if problem.vectorize
-                        else objective.loop(x, live.to(device)))
+            final, _ = evaluate(live.to(device))
             final = final.detach().cpu()
             better = final < best_loss[live]
             best_x[live[better].to(device)] = x[live[better].to(device)]
