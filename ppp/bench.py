@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import sys
 import time
 
@@ -30,7 +29,7 @@ def _run_mode(args: dict, mode: str) -> dict:
     from ppp.metrics import image_metrics
     from ppp.models import PrecodeSpec, build_model
     from ppp.seeding import derive_seed, generator, seeded
-    from ppp.stages import resolve_device
+    from ppp.stages import peak_memory_mb, resolve_device
 
     torch.set_num_threads(args["threads"])
     device = resolve_device(args["device"])
@@ -69,10 +68,7 @@ def _run_mode(args: dict, mode: str) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:  # the process's peak resident memory (ru_maxrss is in KiB on Linux)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_memory_mb(device)
     psnr = [image_metrics(images[i], reconstructions[i])["psnr"] for i in range(images.shape[0])]
     n = images.shape[0]
     return dict(mode=mode, arch=args["arch"], dataset=args["dataset"], defense=args["defense"],

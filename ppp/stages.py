@@ -174,8 +174,19 @@ def run_attack(arch: str, attack_name: str, attack_options: dict, has_precode: b
     save_tensors(out, {"images": result.images, "labels": result.labels, "gradient_loss": result.gradient_loss,
                        "restart_losses": result.restart_losses},
                  metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}"})
-    return {"seconds": result.seconds, "gradient_loss_mean": float(result.gradient_loss.mean()),
-            "victims": int(result.images.shape[0])}
+    summary = {"seconds": result.seconds, "gradient_loss_mean": float(result.gradient_loss.mean()),
+               "victims": int(result.images.shape[0]), "peak_memory_mb": peak_memory_mb(device)}
+    log.info("attack done: %(victims)d victims in %(seconds).1f s, peak memory %(peak_memory_mb).0f MB", summary)
+    return summary
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch, or the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # --- evaluation -------------------------------------------------------------------------------------

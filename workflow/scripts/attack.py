@@ -16,4 +16,5 @@ with job(snakemake, {"attack": p.attack_options}) as run:
         w.arch, w.attack, p.attack_options, p.has_precode, snakemake.input.model, snakemake.input.meta,
         snakemake.input.gradients, p.model_options, PrecodeSpec(**p.precode), seed,
         stages.resolve_device(p.device), snakemake.output.reconstructions, progress=progress)
-    run.log_metrics({"attack_seconds": summary["seconds"], "final_gradient_loss": summary["gradient_loss_mean"]})
+    run.log_metrics({"attack_seconds": summary["seconds"], "final_gradient_loss": summary["gradient_loss_mean"],
+                     "peak_memory_mb": summary["peak_memory_mb"]})
