@@ -9,7 +9,7 @@ MLFLOW_PORT ?= 5000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ppp-installed
 
-.PHONY: run test ui dry-run paper-dry-run clean-results venv
+.PHONY: run test ui mlflow-server cluster-test dry-run paper-dry-run clean-results venv
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
@@ -27,6 +27,20 @@ paper-dry-run: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow/mlflow.db \
 		--default-artifact-root $(CURDIR)/results/mlflow/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# An MLflow tracking server for cluster runs: point jobs at it with
+# MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT). Binds to this machine only unless MLFLOW_HOST is set.
+MLFLOW_HOST ?= 127.0.0.1
+mlflow-server: $(STAMP)
+	mkdir -p results/mlflow-server
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/results/mlflow-server/mlflow.db \
+		--artifacts-destination $(CURDIR)/results/mlflow-server/artifacts \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+
+# A real one-node SLURM cluster on this machine (root, Debian): runs config/test.yaml through
+# workflow/profiles/slurm with an MLflow server, checks the results against a local run, cleans up.
+cluster-test: $(STAMP)
+	bash tools/cluster_test.sh
 
 venv: $(STAMP)
 

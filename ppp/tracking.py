@@ -46,7 +46,9 @@ def init_backend(tracking_uri: str, experiment: str, artifact_root: str | os.Pat
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+    # A tracking server stores (or proxies) artifacts itself; a local backend gets a folder under results/.
+    served = tracking_uri.startswith(("http://", "https://"))
+    location = Path(artifact_root).resolve().as_uri() if artifact_root and not served else None
     return client.create_experiment(experiment, artifact_location=location)
 
 
