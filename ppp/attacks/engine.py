@@ -243,6 +243,12 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     since_improved = torch.zeros(n_rows, dtype=torch.long)
     active = torch.ones(n_rows, dtype=torch.bool)
     iterations_run = torch.zeros(n_rows, dtype=torch.long)
+
+    def remember_best(rows: torch.Tensor, row_losses: torch.Tensor) -> None:
+        """Keep each row's iterate when its objective is the lowest seen so far."""
+        better = rows[row_losses < best_loss[rows]].to(device)
+        best_x[better] = x[better]
+        best_loss[rows] = torch.minimum(best_loss[rows], row_losses)
     with seeded(derive_seed(seed, "sampling"), device):
         for step in range(problem.iterations):
             live = active.nonzero().flatten()
@@ -253,9 +259,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             row_losses = row_losses.detach().cpu()
             losses[live] = row_losses
             improved = row_losses < best_loss[live] * (1 - problem.min_improvement)
-            better = row_losses < best_loss[live]
-            best_x[live[better].to(device)] = x[live[better].to(device)]
-            best_loss[live] = torch.minimum(best_loss[live], row_losses)
+            remember_best(live, row_losses)
             since_improved[live] = torch.where(improved, 0, since_improved[live] + 1)
             iterations_run[live] += 1
 
@@ -279,10 +283,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         if problem.iterations > 0 and bool(active.any()):
             live = active.nonzero().flatten()
             final, _ = evaluate(live.to(device))
-            final = final.detach().cpu()
-            better = final < best_loss[live]
-            best_x[live[better].to(device)] = x[live[better].to(device)]
-            best_loss[live] = torch.minimum(best_loss[live], final)
+            remember_best(live, final.detach().cpu())
         # Score every restart by its gradient-matching loss alone, as Inverting Gradients does.
         scores = torch.stack([objective.gradient_loss(best_x[i], i, create_graph=False).detach().cpu()
                               for i in range(n_rows)])
