@@ -173,10 +173,12 @@ def run_attack(arch: str, attack_name: str, attack_options: dict, has_precode: b
     result = attack(view, seed=seed, progress=progress)
     save_tensors(out, {"images": result.images, "labels": result.labels, "gradient_loss": result.gradient_loss,
                        "restart_losses": result.restart_losses},
-                 metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}"})
+                 metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}", "engine": str(result.engine)})
     summary = {"seconds": result.seconds, "gradient_loss_mean": float(result.gradient_loss.mean()),
-               "victims": int(result.images.shape[0]), "peak_memory_mb": peak_memory_mb(device)}
-    log.info("attack done: %(victims)d victims in %(seconds).1f s, peak memory %(peak_memory_mb).0f MB", summary)
+               "victims": int(result.images.shape[0]), "peak_memory_mb": peak_memory_mb(device),
+               "engine": result.engine}
+    log.info("attack done: %(victims)d victims in %(seconds).1f s (engine %(engine)s), peak memory "
+             "%(peak_memory_mb).0f MB", summary)
     return summary
 
 

@@ -100,6 +100,15 @@ class JobRun:
         except Exception as err:  # noqa: BLE001
             self._warn("metric logging", err)
 
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.client is None:
+            return
+        try:
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, str(value))
+        except Exception as err:  # noqa: BLE001
+            self._warn("tagging", err)
+
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         if self.client is None:
             return

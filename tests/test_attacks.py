@@ -65,21 +65,83 @@ def _problem(view, **overrides):
     return GradientMatchingProblem(**{**options, **overrides})
 
 
-@pytest.mark.parametrize("arch,options", [("mlp", {"width": 16}), ("lenet", {}), ("resnet18", {"width": 4})])
-def test_many_victims_at_once_equal_one_by_one(mnist_victims, arch, options):
-    """The vectorised engine on 3 victims x 2 restarts equals the sequential path, victim by victim."""
+@pytest.mark.parametrize("engine,arch,options", [
+    ("per_layer", "mlp", {"width": 16}), ("per_layer", "lenet", {}), ("per_layer", "resnet18", {"width": 4}),
+    ("vmap", "mlp", {"width": 16}), ("vmap", "lenet", {}), ("vmap", "resnet18", {"width": 4}),
+    ("vmap", "convnet", {"width": 4}),
+])
+def test_many_victims_at_once_equal_one_by_one(mnist_victims, engine, arch, options):
+    """Each batched engine on 3 victims x 2 restarts equals the sequential path, victim by victim."""
     images, labels = mnist_victims[0][:3], mnist_victims[1][:3]
     with seeded(0):
         model = build_model(arch, (1, 32, 32), 10, (0.1307,), (0.3081,), None, options)
     per_victim = [shared_gradient(model, images[i:i + 1], labels[i:i + 1]) for i in range(3)]
     view = ServerView(model, {n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}, labels)
-    together = optimise(view, labels, _problem(view, vectorize=True), seed=3)
+    together = optimise(view, labels, _problem(view, engine=engine), seed=3)
+    assert together.engine == engine
     for i in range(3):
         alone_view = ServerView(model, {n: g[i:i + 1] for n, g in view.gradients.items()}, labels[i:i + 1])
-        alone = optimise(alone_view, labels[i:i + 1], _problem(view, vectorize=False), seed=3, victim_ids=[i])
+        alone = optimise(alone_view, labels[i:i + 1], _problem(view, engine="loop"), seed=3, victim_ids=[i])
         assert torch.allclose(alone.images[0], together.images[i], atol=1e-4)
         assert torch.allclose(alone.restart_losses[0], together.restart_losses[i], rtol=1e-4, atol=1e-6)
     assert not torch.allclose(together.images[0], together.images[1])
+
+
+def _row_objectives(model, images, labels, selection):
+    """The loop (reference) and per-layer objectives over the same rows and target gradients."""
+    from ppp.attacks.engine import RowObjective
+    from ppp.attacks.per_layer import PerLayerObjective
+
+    names = select_parameters(model, selection)
+    with seeded(1):
+        targets = [torch.randn(images.shape[0], *dict(model.named_parameters())[n].shape) for n in names]
+    model.train()
+    return (RowObjective(model, names, labels, targets, 1e-4), PerLayerObjective(model, names, labels, targets, 1e-4))
+
+
+@pytest.mark.parametrize("selection", ["all", "before_precode"])
+def test_per_layer_objective_equals_the_loop_on_precode_models(mnist_victims, monkeypatch, selection):
+    """With PRECODE's sampling noise set to zero both engines compute the same function, so the batched
+    loss (n times the mean training loss, KL included) is each row's own loss."""
+    images, labels = mnist_victims[0][:3], mnist_victims[1][:3]
+    with seeded(0):
+        model = build_model("lenet", (1, 32, 32), 10, (0.1307,), (0.3081,), PrecodeSpec(bottleneck_size=8), {})
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+    loop, per_layer = _row_objectives(model, images, labels, selection)
+    x, rows = torch.randn(3, 1, 32, 32), torch.arange(3)
+    loop_losses, loop_grads = loop.loop(x, rows)
+    losses, grads = per_layer(x, rows)
+    assert torch.allclose(losses, loop_losses, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grads, loop_grads, rtol=1e-4, atol=1e-7)
+
+
+def test_per_layer_objective_samples_precode_noise_per_row(mnist_victims):
+    """Two identical rows must see different PRECODE samples, as two victims attacked alone would."""
+    images, labels = mnist_victims[0][:1].repeat(2, 1, 1, 1), mnist_victims[1][:1].repeat(2)
+    with seeded(0):
+        model = build_model("mlp", (1, 32, 32), 10, (0.1307,), (0.3081,), PrecodeSpec(bottleneck_size=8), {"width": 16})
+    _, per_layer = _row_objectives(model, images, labels, "all")
+    per_layer.targets = {k: {kind: t[:1].repeat(2, *[1] * (t.dim() - 1)) for kind, t in v.items()}
+                         for k, v in per_layer.targets.items()}
+    per_layer.target_norms = per_layer.target_norms[:1].repeat(2)
+    losses, _ = per_layer(torch.randn(1, 1, 32, 32).repeat(2, 1, 1, 1), torch.arange(2))
+    assert losses[0] != losses[1]
+
+
+def test_auto_engine_falls_back_to_vmap_for_batchnorm():
+    from ppp.attacks.engine import choose_engine
+
+    lenet = build_model("lenet", (1, 32, 32), 10, (0.1307,), (0.3081,), None, {})
+    convnet = build_model("convnet", (1, 32, 32), 10, (0.1307,), (0.3081,), None, {"width": 4})
+    assert choose_engine("auto", lenet, select_parameters(lenet, "all")) == "per_layer"
+    assert choose_engine("auto", convnet, select_parameters(convnet, "all")) == "vmap"
+    with pytest.raises(ValueError, match="unknown attack engine 'fast'"):
+        choose_engine("fast", lenet, select_parameters(lenet, "all"))
+    from ppp.attacks.per_layer import PerLayerObjective
+
+    names = select_parameters(convnet, "all")
+    with pytest.raises(ValueError, match="BatchNorm"):
+        PerLayerObjective(convnet, names, torch.zeros(1, dtype=torch.long), [torch.zeros(1)] * len(names), 0.0)
 
 
 def test_chunks_and_memory_budget_give_the_same_result(mnist_victims):
@@ -135,3 +197,34 @@ def test_ppp_bench_prints_one_json_line_per_mode(capsys):
                 "peak_memory_mb", "mean_psnr"} <= set(line)
         assert line["victims"] == 2 and line["seconds"] > 0
     assert abs(lines[0]["mean_psnr"] - lines[1]["mean_psnr"]) < 0.01
+
+
+@pytest.mark.parametrize("stride,padding,dilation,size", [(1, 0, 1, 9), (2, 2, 1, 16), (2, 1, 1, 15), (1, 2, 2, 11),
+                                                          (3, 1, 2, 17)])
+def test_per_row_conv_weight_gradients_equal_autograd_row_by_row(stride, padding, dilation, size):
+    from ppp.attacks.per_layer import conv2d_weight_per_row
+
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(3, 4, kernel_size=3, stride=stride, padding=padding, dilation=dilation)
+    inputs = torch.randn(5, 3, size, size)
+    deltas = torch.randn_like(layer(inputs))
+    per_row = conv2d_weight_per_row(layer, inputs, deltas)
+    for row in range(5):
+        (expected,) = torch.autograd.grad(layer(inputs[row:row + 1]), layer.weight, deltas[row:row + 1])
+        assert torch.allclose(per_row[row], expected, atol=1e-5)
+
+
+def test_per_layer_linear_rule_handles_positions():
+    """A linear layer applied at several positions per row sums its per-position outer products."""
+    from ppp.attacks.per_layer import linear_terms
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 4)
+    inputs, deltas = torch.randn(3, 5, 6), torch.randn(3, 5, 4)
+    targets = {"weight": torch.randn(3, 4, 6), "bias": torch.randn(3, 4)}
+    dot, square = linear_terms(layer, inputs, deltas, targets)
+    for row in range(3):
+        weight, bias = torch.autograd.grad(layer(inputs[row]), [layer.weight, layer.bias], deltas[row])
+        assert torch.allclose(dot[row], (weight * targets["weight"][row]).sum() + (bias * targets["bias"][row]).sum(),
+                              atol=1e-4)
+        assert torch.allclose(square[row], weight.pow(2).sum() + bias.pow(2).sum(), atol=1e-4)

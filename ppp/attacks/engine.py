@@ -2,8 +2,15 @@
 
 All victims x restarts of one cell are one tensor optimised by one optimiser. Every row has its own
 objective, and Adam and the sign step act elementwise, so rows never interact: the result equals
-attacking each victim on its own. The rows' objectives are evaluated together with torch.func
-(vmap over a nested grad), in chunks of `chunk_rows` rows to bound memory, or one after another.
+attacking each victim on its own. The rows' objectives are evaluated, in chunks of `chunk_rows` rows to
+bound memory, by one of the row engines:
+
+- `per_layer`: one ordinary batched forward and backward, with per-row gradients assembled layer by
+  layer (ppp.attacks.per_layer); the fastest where the model's layers have rules.
+- `vmap`: torch.func (vmap over a nested grad); works for any model.
+- `loop`: one row after another through plain autograd; the reference the others are tested against.
+
+`auto` picks per_layer where the model supports it, else vmap. A single row always takes the loop.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ppp.attacks.objectives import cosine_distance, total_variation
+from ppp.attacks.per_layer import PerLayerObjective, take_rows, unsupported_reason
 from ppp.gradients import shared_gradient
 from ppp.models import StagedNet
 from ppp.seeding import derive_seed, generator, seeded
@@ -47,7 +56,8 @@ class AttackResult:
     labels: torch.Tensor  # (B,), the labels the attack used (known or inferred)
     seconds: float
     iterations: torch.Tensor | None = None  # (B,), iterations the chosen restart ran before it stopped
-    chunk_rows: int | None = None  # rows per vectorised pass that were used (None: all at once)
+    chunk_rows: int | None = None  # rows per batched pass that were used (None: all at once)
+    engine: str | None = None  # the row engine that ran (auto resolved)
 
 
 def infer_labels(model: StagedNet, gradients: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -55,21 +65,6 @@ def infer_labels(model: StagedNet, gradients: dict[str, torch.Tensor]) -> torch.
     features, only the true class's row has a negative sum."""
     weight = gradients[model.classifier_weight_name()]  # (B, classes, features)
     return weight.flatten(2).sum(dim=2).argmin(dim=1)
-
-
-def cosine_distance(grads: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
-    """1 - cosine similarity of the concatenation of all selected gradients (Inverting Gradients)."""
-    dot = sum((g * t).sum() for g, t in zip(grads, targets))
-    norm_g = sum(g.pow(2).sum() for g in grads).sqrt()
-    norm_t = sum(t.pow(2).sum() for t in targets).sqrt()
-    return 1 - dot / (norm_g * norm_t).clamp_min(1e-12)
-
-
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Anisotropic TV as in Inverting Gradients: mean absolute neighbour differences."""
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-    return dx + dy
 
 
 @dataclass
@@ -86,8 +81,8 @@ class GradientMatchingProblem:
     signed: bool
     boxed: bool
     lr_decay: bool
-    vectorize: bool = True  # all rows of a chunk in one vmap'd pass; False: one row after another
-    chunk_rows: int | None = None  # rows per vectorised pass (None: all; bounds memory)
+    engine: str = "auto"  # how rows are evaluated: auto, per_layer, vmap or loop (see ENGINES)
+    chunk_rows: int | None = None  # rows per batched pass (None: all; bounds memory)
     patience: int = 0  # freeze a row whose loss has not improved for this many iterations (0: never)
     min_improvement: float = 1e-4  # relative improvement that counts as progress for `patience`
     memory_budget_mb: float | None = None  # choose chunk_rows so that a chunk's graphs fit this
@@ -97,7 +92,7 @@ class RowObjective:
     """Per-row gradient-matching loss and its gradient with respect to the row's image.
 
     Row i is image x[i] as a batch of one, with label `labels[i]` and target gradients `targets[k][i]`.
-    `vectorize` evaluates many rows in one pass with torch.func (vmap over a nested grad); the loop
+    `vectorized` evaluates many rows in one pass with torch.func (vmap over a nested grad); the loop
     evaluates one row after another through autograd. Both compute the same function."""
 
     def __init__(self, model: StagedNet, names: list[str], labels: torch.Tensor, targets: list[torch.Tensor],
@@ -139,8 +134,25 @@ class RowObjective:
 
         batched = vmap(grad_and_value(row_loss), randomness="different", chunk_size=chunk_rows)
         with _no_running_stats(model), torch.no_grad():
-            grads, losses = batched(x[rows].detach(), self.labels[rows], [t[rows] for t in self.targets])
+            grads, losses = batched(x[rows].detach(), take_rows(self.labels, rows),
+                                    [take_rows(t, rows) for t in self.targets])
         return losses, grads
+
+
+ENGINES = ("auto", "per_layer", "vmap", "loop")
+
+
+def choose_engine(requested: str, model: StagedNet, names: list[str]) -> str:
+    """The row engine to run: `auto` is per_layer where the model supports it, else vmap."""
+    if requested not in ENGINES:
+        raise ValueError(f"unknown attack engine {requested!r}; known: {', '.join(ENGINES)}")
+    if requested == "auto":
+        reason = unsupported_reason(model, names)
+        if reason:
+            log.info("attack engine auto: vmap, because per_layer does not apply (%s)", reason)
+            return "vmap"
+        return "per_layer"
+    return requested
 
 
 def saved_bytes_per_row(objective: RowObjective, x: torch.Tensor) -> int:
@@ -226,6 +238,9 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     targets = [view.gradients[n].to(device).repeat_interleave(restarts, dim=0) for n in problem.names]
     objective = RowObjective(model, problem.names, row_labels, targets, problem.tv_weight)
     chunk_rows = rows_per_chunk(objective, x, problem.memory_budget_mb, problem.chunk_rows)
+    engine = choose_engine(problem.engine, model, problem.names)
+    per_layer = PerLayerObjective(model, problem.names, row_labels, targets, problem.tv_weight) \
+        if engine == "per_layer" else None
 
     optimizer = torch.optim.Adam([x], lr=problem.lr)
     milestones = [round(problem.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if problem.lr_decay else []
@@ -233,9 +248,11 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
 
     def evaluate(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # A single row is faster through plain autograd than through a vmap of one (benchmarks/).
-        if problem.vectorize and len(rows) > 1:
-            return objective.vectorized(x, rows, chunk_rows)
-        return objective.loop(x, rows)
+        if engine == "loop" or len(rows) == 1:
+            return objective.loop(x, rows)
+        if per_layer is not None:
+            return per_layer(x, rows, chunk_rows)
+        return objective.vectorized(x, rows, chunk_rows)
 
     losses = torch.full((n_rows,), float("inf"))
     best_loss = torch.full((n_rows,), float("inf"))
@@ -292,5 +309,5 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     final_images = (best_x * std + mean).clamp(0, 1).view(batch, restarts, *shape).cpu()
     images = final_images[torch.arange(batch), best]
     return AttackResult(images=images, gradient_loss=scores[torch.arange(batch), best], restart_losses=scores,
-                        labels=labels.cpu(), seconds=time.perf_counter() - started, chunk_rows=chunk_rows,
+                        labels=labels.cpu(), seconds=time.perf_counter() - started, chunk_rows=chunk_rows, engine=engine,
                         iterations=iterations_run.view(batch, restarts)[torch.arange(batch), best])

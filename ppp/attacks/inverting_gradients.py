@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from ppp.attacks.engine import AttackResult, GradientMatchingProblem, ServerView, infer_labels, optimise
+from ppp.attacks.engine import ENGINES, AttackResult, GradientMatchingProblem, ServerView, infer_labels, optimise
 from ppp.gradients import select_parameters
 
 
@@ -29,8 +29,8 @@ class InvertingGradients:
     keep_encoder: bool = False
     labels: str = "known"  # known: the server has the labels; inferred: from the classifier's gradient
     progress_every: int = 0
-    vectorize: bool = True  # evaluate the rows of a chunk in one torch.func pass
-    batch_size: int | None = None  # rows (victims x restarts) per vectorised pass; None: all
+    engine: str = "auto"  # row engine: auto, per_layer, vmap or loop (ppp.attacks.engine.ENGINES)
+    batch_size: int | None = None  # rows (victims x restarts) per batched pass; None: all
     memory_budget_mb: float | None = None  # or: as many rows per pass as fit this budget
     patience: int = 0  # early stopping: freeze a victim after this many iterations without progress
     min_improvement: float = 1e-4
@@ -38,6 +38,8 @@ class InvertingGradients:
     def __post_init__(self):
         if self.labels not in ("known", "inferred"):
             raise ValueError(f"attack labels must be 'known' or 'inferred', got {self.labels!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"attack engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.iterations < 1 or self.restarts < 1:
             raise ValueError("attack iterations and restarts must be >= 1")
 
@@ -53,7 +55,7 @@ class InvertingGradients:
             names=select_parameters(view.model, self.selection, self.keep_encoder),
             iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
             init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay,
-            vectorize=self.vectorize, chunk_rows=self.batch_size, patience=self.patience,
+            engine=self.engine, chunk_rows=self.batch_size, patience=self.patience,
             min_improvement=self.min_improvement, memory_budget_mb=self.memory_budget_mb)
         return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every)
 

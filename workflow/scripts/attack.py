@@ -18,3 +18,4 @@ with job(snakemake, {"attack": p.attack_options}) as run:
         stages.resolve_device(p.device), snakemake.output.reconstructions, progress=progress)
     run.log_metrics({"attack_seconds": summary["seconds"], "final_gradient_loss": summary["gradient_loss_mean"],
                      "peak_memory_mb": summary["peak_memory_mb"]})
+    run.set_tags({"attack_engine": summary["engine"]})
