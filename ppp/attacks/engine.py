@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ppp.attacks.objectives import cosine_distance, total_variation
-from ppp.attacks.per_layer import PerLayerObjective, take_rows, unsupported_reason
+from ppp.attacks.per_layer import PerLayerObjective, row_selector, unsupported_reason
 from ppp.gradients import shared_gradient
 from ppp.models import StagedNet
 from ppp.seeding import derive_seed, generator, seeded
@@ -134,8 +134,8 @@ class RowObjective:
 
         batched = vmap(grad_and_value(row_loss), randomness="different", chunk_size=chunk_rows)
         with _no_running_stats(model), torch.no_grad():
-            grads, losses = batched(x[rows].detach(), take_rows(self.labels, rows),
-                                    [take_rows(t, rows) for t in self.targets])
+            select = row_selector(rows)
+            grads, losses = batched(x[rows].detach(), self.labels[select], [t[select] for t in self.targets])
         return losses, grads
 
 

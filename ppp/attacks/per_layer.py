@@ -150,12 +150,13 @@ def unsupported_reason(model: nn.Module, names: list[str]) -> str | None:
     return None
 
 
-def take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """tensor[rows], as a view when the rows are one contiguous range (no copy of large targets)."""
+def row_selector(rows: torch.Tensor) -> slice | torch.Tensor:
+    """An index for `rows`: a slice when they are one contiguous range, so that indexing the large
+    per-row targets gives views instead of copies."""
     first = int(rows[0])
     if bool((rows == torch.arange(first, first + len(rows), device=rows.device)).all()):
-        return tensor[first: first + len(rows)]
-    return tensor[rows]
+        return slice(first, first + len(rows))
+    return rows
 
 
 class PerLayerObjective:
@@ -185,6 +186,7 @@ class PerLayerObjective:
 
     def _evaluate(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = x[rows].detach().requires_grad_(True)
+        select = row_selector(rows)
         captured: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
         def capture(name: str):
@@ -199,7 +201,7 @@ class PerLayerObjective:
             with torch.enable_grad():
                 # training_loss averages per-image terms (cross-entropy, PRECODE's KL), so n times it is
                 # the sum of the rows' own losses and its output gradients are each row's own.
-                loss = len(rows) * training_loss(self.model, images * self.std + self.mean, take_rows(self.labels, rows))
+                loss = len(rows) * training_loss(self.model, images * self.std + self.mean, self.labels[select])
         finally:
             for handle in handles:
                 handle.remove()
@@ -207,16 +209,19 @@ class PerLayerObjective:
             if output._version != version:
                 raise RuntimeError(f"the output of layer {name} was modified in place; use attack engine vmap")
         names = list(self.layers)
+        missing = [n for n in names if n not in captured]
+        if missing:
+            raise RuntimeError(f"matched layers {missing} did not run in the forward pass")
         with torch.enable_grad():
             deltas = torch.autograd.grad(loss, [captured[n][1] for n in names], create_graph=True)
             dot = torch.zeros(len(rows), device=x.device)
             square = torch.zeros(len(rows), device=x.device)
             for name, delta in zip(names, deltas):
                 layer = self.layers[name]
-                targets = {kind: take_rows(t, rows) for kind, t in self.targets[name].items()}
+                targets = {kind: t[select] for kind, t in self.targets[name].items()}
                 layer_dot, layer_square = _rule_for(layer)(layer, captured[name][0], delta, targets)
                 dot, square = dot + layer_dot, square + layer_square
-            distance = 1 - dot / (square.sqrt() * take_rows(self.target_norms, rows)).clamp_min(1e-12)
+            distance = 1 - dot / (square.sqrt() * self.target_norms[select]).clamp_min(1e-12)
             losses = distance + self.tv_weight * total_variation_rows(images)
             (gradients,) = torch.autograd.grad(losses.sum(), images)
         return losses.detach(), gradients
