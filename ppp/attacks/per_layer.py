@@ -73,9 +73,10 @@ def linear_terms(layer: nn.Linear, inputs: torch.Tensor, delta: torch.Tensor,
     return dot, square
 
 
-def conv2d_weight_per_row(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Each row's weight gradient (rows, out, in, kh, kw): the rows' inputs correlated with their own
-    output gradients, as one convolution with the rows as groups (the stride becomes a dilation)."""
+def _correlation(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Each row's weight gradient in the layout the computation gives, (in, rows, out, kh, kw): the
+    rows' inputs correlated with their own output gradients, as one convolution with the rows as
+    groups (the stride becomes a dilation)."""
     rows, channels = inputs.shape[:2]
     out_channels = delta.shape[1]
     kernel = layer.kernel_size
@@ -91,7 +92,12 @@ def conv2d_weight_per_row(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.T
                            dilation=layer.stride, groups=rows)  # (in, rows * out, kh * dilation...)
     if layer.dilation != (1, 1):
         correlation = correlation[:, :, ::layer.dilation[0], ::layer.dilation[1]]
-    return correlation.reshape(channels, rows, out_channels, *kernel).permute(1, 2, 0, 3, 4)
+    return correlation.reshape(channels, rows, out_channels, *kernel)
+
+
+def conv2d_weight_per_row(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Each row's weight gradient, (rows, out, in, kh, kw)."""
+    return _correlation(layer, inputs, delta).permute(1, 2, 0, 3, 4)
 
 
 @layer_rule(nn.Conv2d)
@@ -101,8 +107,11 @@ def conv2d_terms(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.Tensor,
     dot = torch.zeros(rows, device=inputs.device)
     square = torch.zeros(rows, device=inputs.device)
     if "weight" in targets:
-        weight_dot, weight_square = _dot_and_square(conv2d_weight_per_row(layer, inputs, delta), targets["weight"])
-        dot, square = dot + weight_dot, square + weight_square
+        # Reduced in the correlation's own layout: no copy of the per-row gradients into rows-first.
+        gradient = _correlation(layer, inputs, delta)
+        other_axes = (0, 2, 3, 4)
+        dot = dot + (gradient * targets["weight"].permute(2, 0, 1, 3, 4)).sum(other_axes)
+        square = square + gradient.pow(2).sum(other_axes)
     if "bias" in targets:
         bias_dot, bias_square = _dot_and_square(delta.sum((2, 3)), targets["bias"])
         dot, square = dot + bias_dot, square + bias_square
