@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tables of benchmarks/README.md, written to benchmarks/results-cpu.jsonl (about 12 minutes on the
+# The tables of benchmarks/README.md, written to benchmarks/results-cpu.jsonl (about 10 minutes on the
 # 2-core development machine): LeNet, ConvNet and ResNet-18 with 1, 8, 16 and 32 victims and the
 # 1024-wide MLP with 8 victims, batched (engine auto) and sequential, one torch thread; ResNet-18 with
 # the vmap engine; and the acceptance point of issue #3 (LeNet, 16 victims) three times with one and

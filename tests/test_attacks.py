@@ -216,13 +216,13 @@ def test_per_row_conv_weight_gradients_equal_autograd_row_by_row(stride, padding
 
 def test_per_layer_linear_rule_handles_positions():
     """A linear layer applied at several positions per row sums its per-position outer products."""
-    from ppp.attacks.per_layer import linear_terms
+    from ppp.attacks.per_layer import LAYER_RULES, layer_terms
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(6, 4)
     inputs, deltas = torch.randn(3, 5, 6), torch.randn(3, 5, 4)
     targets = {"weight": torch.randn(3, 4, 6), "bias": torch.randn(3, 4)}
-    dot, square = linear_terms(layer, inputs, deltas, targets)
+    dot, square = layer_terms(LAYER_RULES[torch.nn.Linear], layer, inputs, deltas, targets)
     for row in range(3):
         weight, bias = torch.autograd.grad(layer(inputs[row]), [layer.weight, layer.bias], deltas[row])
         assert torch.allclose(dot[row], (weight * targets["weight"][row]).sum() + (bias * targets["bias"][row]).sum(),

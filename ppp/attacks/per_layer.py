@@ -21,6 +21,7 @@ convolutions, and a matched layer that runs more than once per forward.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -31,17 +32,26 @@ from ppp.attacks.objectives import total_variation_rows
 from ppp.gradients import training_loss
 from ppp.models import StagedNet
 
-# A rule maps (layer, input, output gradient, {"weight"|"bias": per-row targets}) to per-row
-# (<gradient, target>, |gradient|^2), each of shape (rows,).
-LayerRule = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]],
-                     tuple[torch.Tensor, torch.Tensor]]
+
+@dataclass(frozen=True)
+class LayerRule:
+    """How one layer type's matched gradients enter the cosine, per row.
+
+    `weight` maps (layer, input, output gradient, per-row weight targets) to per-row
+    (<weight gradient, target>, |weight gradient|^2), each of shape (rows,). A bias's per-row gradient
+    is always the output gradient summed over everything but rows and `channel_axis`."""
+
+    weight: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    channel_axis: int
+
+
 LAYER_RULES: dict[type, LayerRule] = {}
 
 
-def layer_rule(layer_type: type) -> Callable[[LayerRule], LayerRule]:
-    def decorate(rule: LayerRule) -> LayerRule:
-        LAYER_RULES[layer_type] = rule
-        return rule
+def layer_rule(layer_type: type, channel_axis: int):
+    def decorate(weight_terms):
+        LAYER_RULES[layer_type] = LayerRule(weight_terms, channel_axis)
+        return weight_terms
     return decorate
 
 
@@ -50,27 +60,34 @@ def _dot_and_square(gradient: torch.Tensor, target: torch.Tensor) -> tuple[torch
     return (gradient * target).flatten(1).sum(1), gradient.pow(2).flatten(1).sum(1)
 
 
-@layer_rule(nn.Linear)
-def linear_terms(layer: nn.Linear, inputs: torch.Tensor, delta: torch.Tensor,
-                 targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_terms(rule: LayerRule, layer: nn.Module, inputs: torch.Tensor, delta: torch.Tensor,
+                targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row <gradient, target> and |gradient|^2 of a layer's matched parameters (weight, bias)."""
     rows = inputs.shape[0]
-    u = inputs.reshape(rows, -1, inputs.shape[-1])  # (rows, positions, in)
-    d = delta.reshape(rows, -1, delta.shape[-1])  # (rows, positions, out)
     dot = torch.zeros(rows, device=inputs.device)
     square = torch.zeros(rows, device=inputs.device)
     if "weight" in targets:
-        if u.shape[1] == 1:
-            # (delta^T T) u: a row vector times each row's target, which BLAS does far faster than
-            # T u (a matrix times a column, measured 4-5x slower in torch.bmm on the CPU).
-            dot = dot + (torch.bmm(d, targets["weight"]) * u).sum((1, 2))
-            square = square + d.pow(2).sum((1, 2)) * u.pow(2).sum((1, 2))
-        else:
-            weight_dot, weight_square = _dot_and_square(torch.bmm(d.transpose(1, 2), u), targets["weight"])
-            dot, square = dot + weight_dot, square + weight_square
+        weight_dot, weight_square = rule.weight(layer, inputs, delta, targets["weight"])
+        dot, square = dot + weight_dot, square + weight_square
     if "bias" in targets:
-        bias_dot, bias_square = _dot_and_square(d.sum(1), targets["bias"])
+        channels = delta.movedim(rule.channel_axis, 1)
+        bias_gradient = channels.reshape(rows, channels.shape[1], -1).sum(2)
+        bias_dot, bias_square = _dot_and_square(bias_gradient, targets["bias"])
         dot, square = dot + bias_dot, square + bias_square
     return dot, square
+
+
+@layer_rule(nn.Linear, channel_axis=-1)
+def linear_weight_terms(layer: nn.Linear, inputs: torch.Tensor, delta: torch.Tensor,
+                        target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = inputs.shape[0]
+    u = inputs.reshape(rows, -1, inputs.shape[-1])  # (rows, positions, in)
+    d = delta.reshape(rows, -1, delta.shape[-1])  # (rows, positions, out)
+    if u.shape[1] == 1:
+        # (delta^T T) u: a row vector times each row's target, which BLAS does far faster than
+        # T u (a matrix times a column, measured 4-5x slower in torch.bmm on the CPU).
+        return (torch.bmm(d, target) * u).sum((1, 2)), d.pow(2).sum((1, 2)) * u.pow(2).sum((1, 2))
+    return _dot_and_square(torch.bmm(d.transpose(1, 2), u), target)
 
 
 def _correlation(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -100,39 +117,20 @@ def conv2d_weight_per_row(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.T
     return _correlation(layer, inputs, delta).permute(1, 2, 0, 3, 4)
 
 
-@layer_rule(nn.Conv2d)
-def conv2d_terms(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.Tensor,
-                 targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = inputs.shape[0]
-    dot = torch.zeros(rows, device=inputs.device)
-    square = torch.zeros(rows, device=inputs.device)
-    if "weight" in targets:
-        # Reduced in the correlation's own layout: no copy of the per-row gradients into rows-first.
-        gradient = _correlation(layer, inputs, delta)
-        other_axes = (0, 2, 3, 4)
-        dot = dot + (gradient * targets["weight"].permute(2, 0, 1, 3, 4)).sum(other_axes)
-        square = square + gradient.pow(2).sum(other_axes)
-    if "bias" in targets:
-        bias_dot, bias_square = _dot_and_square(delta.sum((2, 3)), targets["bias"])
-        dot, square = dot + bias_dot, square + bias_square
-    return dot, square
+@layer_rule(nn.Conv2d, channel_axis=1)
+def conv2d_weight_terms(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.Tensor,
+                        target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Reduced in the correlation's own layout: no copy of the per-row gradients into rows-first.
+    gradient = _correlation(layer, inputs, delta)
+    other_axes = (0, 2, 3, 4)
+    return (gradient * target.permute(2, 0, 1, 3, 4)).sum(other_axes), gradient.pow(2).sum(other_axes)
 
 
-@layer_rule(nn.GroupNorm)
-def group_norm_terms(layer: nn.GroupNorm, inputs: torch.Tensor, delta: torch.Tensor,
-                     targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = inputs.shape[0]
-    dot = torch.zeros(rows, device=inputs.device)
-    square = torch.zeros(rows, device=inputs.device)
-    spatial = tuple(range(2, inputs.dim()))
-    if "weight" in targets:
-        normalised = F.group_norm(inputs, layer.num_groups, eps=layer.eps)
-        weight_dot, weight_square = _dot_and_square((delta * normalised).sum(spatial), targets["weight"])
-        dot, square = dot + weight_dot, square + weight_square
-    if "bias" in targets:
-        bias_dot, bias_square = _dot_and_square(delta.sum(spatial), targets["bias"])
-        dot, square = dot + bias_dot, square + bias_square
-    return dot, square
+@layer_rule(nn.GroupNorm, channel_axis=1)
+def group_norm_weight_terms(layer: nn.GroupNorm, inputs: torch.Tensor, delta: torch.Tensor,
+                            target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    normalised = F.group_norm(inputs, layer.num_groups, eps=layer.eps)
+    return _dot_and_square((delta * normalised).flatten(2).sum(2), target)
 
 
 def _rule_for(layer: nn.Module) -> LayerRule | None:
@@ -228,7 +226,7 @@ class PerLayerObjective:
             for name, delta in zip(names, deltas):
                 layer = self.layers[name]
                 targets = {kind: t[select] for kind, t in self.targets[name].items()}
-                layer_dot, layer_square = _rule_for(layer)(layer, captured[name][0], delta, targets)
+                layer_dot, layer_square = layer_terms(_rule_for(layer), layer, captured[name][0], delta, targets)
                 dot, square = dot + layer_dot, square + layer_square
             distance = 1 - dot / (square.sqrt() * self.target_norms[select]).clamp_min(1e-12)
             losses = distance + self.tv_weight * total_variation_rows(images)
