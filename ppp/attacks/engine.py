@@ -309,5 +309,5 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     final_images = (best_x * std + mean).clamp(0, 1).view(batch, restarts, *shape).cpu()
     images = final_images[torch.arange(batch), best]
     return AttackResult(images=images, gradient_loss=scores[torch.arange(batch), best], restart_losses=scores,
-                        labels=labels.cpu(), seconds=time.perf_counter() - started, chunk_rows=chunk_rows, engine=engine,
-                        iterations=iterations_run.view(batch, restarts)[torch.arange(batch), best])
+                        labels=labels.cpu(), seconds=time.perf_counter() - started, chunk_rows=chunk_rows,
+                        engine=engine, iterations=iterations_run.view(batch, restarts)[torch.arange(batch), best])
