@@ -199,19 +199,28 @@ def test_ppp_bench_prints_one_json_line_per_mode(capsys):
     assert abs(lines[0]["mean_psnr"] - lines[1]["mean_psnr"]) < 0.01
 
 
+@pytest.mark.parametrize("method", ["correlation", "grouped_weight_gradient"])
 @pytest.mark.parametrize("stride,padding,dilation,size", [(1, 0, 1, 9), (2, 2, 1, 16), (2, 1, 1, 15), (1, 2, 2, 11),
                                                           (3, 1, 2, 17)])
-def test_per_row_conv_weight_gradients_equal_autograd_row_by_row(stride, padding, dilation, size):
+def test_per_row_conv_weight_gradients_equal_autograd_row_by_row(stride, padding, dilation, size, method):
     from ppp.attacks.per_layer import conv2d_weight_per_row
 
     torch.manual_seed(0)
     layer = torch.nn.Conv2d(3, 4, kernel_size=3, stride=stride, padding=padding, dilation=dilation)
     inputs = torch.randn(5, 3, size, size)
     deltas = torch.randn_like(layer(inputs))
-    per_row = conv2d_weight_per_row(layer, inputs, deltas)
-    for row in range(5):
-        (expected,) = torch.autograd.grad(layer(inputs[row:row + 1]), layer.weight, deltas[row:row + 1])
-        assert torch.allclose(per_row[row], expected, atol=1e-5)
+    inputs.requires_grad_(True)
+    deltas.requires_grad_(True)
+    per_row = conv2d_weight_per_row(layer, inputs, deltas, method)
+    expected = torch.stack([torch.autograd.grad(layer(inputs[row:row + 1]), layer.weight, deltas[row:row + 1],
+                                                create_graph=True)[0] for row in range(5)])
+    assert torch.allclose(per_row, expected, atol=1e-5)
+    # The attack differentiates these gradients once more, back to the inputs and the deltas.
+    weights = torch.randn_like(expected)
+    got = torch.autograd.grad((per_row * weights).sum(), [inputs, deltas])
+    want = torch.autograd.grad((expected * weights).sum(), [inputs, deltas])
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-4)
 
 
 def test_per_layer_linear_rule_handles_positions():
