@@ -8,10 +8,10 @@ rule returns the two per-row quantities the cosine distance needs, <gradient, ta
 
 - Linear never forms a row's weight gradient delta u^T: <delta u^T, T> = delta^T T u and
   |delta u^T|^2 = |delta|^2 |u|^2 (for the 1024-wide MLP this avoids 8 MB per row).
-- Conv2d forms a row's weight gradient as one grouped convolution of the inputs with the deltas
-  (rows as groups), the formulation torch.func's batching rule uses too; forward and input-gradient
-  convolutions stay ordinary batched ones with shared weights, which is where this engine gains over
-  a vmap of the whole objective.
+- Conv2d forms the rows' weight gradients in one grouped call (rows as groups): torch's grouped
+  weight-gradient kernel, or for layers with few input channels a correlation of the inputs with the
+  deltas (faster there); forward and input-gradient convolutions stay ordinary batched ones with
+  shared weights, which is where this engine gains over a vmap of the whole objective.
 - GroupNorm's affine gradients are sums of delta times the normalised input.
 
 Unsupported, and then the engine uses vmap instead: BatchNorm (it normalises over the batch, so rows
