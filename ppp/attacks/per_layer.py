@@ -126,11 +126,11 @@ def _grouped_weight_gradient(layer: nn.Conv2d, inputs: torch.Tensor, delta: torc
     return gradient.reshape(rows, out_channels, channels, *layer.kernel_size)
 
 
-# Which formulation computes a conv layer's per-row weight gradients faster on the CPU (measured,
-# benchmarks/README.md): the correlation for few input channels (LeNet's first layer: 0.4 vs 0.9 ms
-# for 16 rows), torch's grouped weight gradient from this many on (LeNet's 12-channel layers: 0.7 vs
-# 1.1 ms; ResNet-18 width 16's 16-channel layers: 1.5 vs 8.4 ms). A fixed rule, not a timing, so that
-# a config always computes the same numbers.
+# Which formulation computes a conv layer's per-row weight gradients faster on the CPU (16 rows,
+# forward and backward, benchmarks/conv_weight_gradients.py): the correlation for few input channels
+# (LeNet's first layer: 0.47 vs 0.98 ms), torch's grouped weight gradient from this many on (LeNet's
+# 12-channel layers: 0.69 vs 1.19 ms; ResNet-18 width 16's 16-channel layers: 1.88 vs 10.72 ms). A
+# fixed rule, not a timing, so that a config always computes the same numbers.
 GROUPED_WEIGHT_GRADIENT_MIN_CHANNELS = 8
 CONV_METHODS = ("correlation", "grouped_weight_gradient")
 
