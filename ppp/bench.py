@@ -1,10 +1,14 @@
-"""ppp-bench: time the attack engine, all victims batched against one victim after another.
+"""ppp-bench: time the attack engine and measure what it reconstructs, all victims batched against one
+victim after another.
 
     ppp-bench --arch lenet --defense none --victims 16 --iterations 100 --device cpu
+    ppp-bench --arch convnet --dataset cifar10 --victims 4 --iterations 50,100,200 --mode batched
 
 Uses real victim images (the authors' sets committed under data/victims), captures their defended
-gradients from a freshly initialised model, attacks them, and prints one JSON object per mode and line.
-Each mode runs in its own process, so its peak memory is its own.
+gradients from a freshly initialised model, attacks them, and prints one JSON object per mode and budget
+(speed, and the PSNR/SSIM of the reconstructions). The model, the threat model and the attack settings are
+those of the preset (`--config`, default config/config.yaml) for the architecture, unless a flag
+overrides them. Each mode runs in its own process, so its peak memory is its own.
 """
 
 from __future__ import annotations
@@ -15,17 +19,40 @@ import multiprocessing
 import sys
 import time
 
-DEFAULT_OPTIONS = {"mlp": {"width": 1024}, "lenet": {}, "convnet": {"width": 8}, "resnet18": {"width": 16}}
 VICTIM_FILES = {"mnist": "mnist_128_cvb.npz", "cifar10": "cifar10_128_cvb.npz"}
+ARCHS = ("mlp", "lenet", "convnet", "resnet18")
+# Attack settings a command-line flag may override; the rest come from the preset.
+OVERRIDES = ("lr", "tv_weight", "restarts", "init", "precode_code", "keep_encoder")
 
 
-def _run_mode(args: dict, mode: str) -> dict:
+def preset_settings(config_path, arch: str, overrides: dict) -> dict:
+    """The model options, PRECODE, threat model and attack options the preset uses for `arch`, with
+    the command line's overrides: the benchmark measures what the workflow runs."""
+    import yaml
+
+    from ppp.config import attack_options, model_mode, validate_config
+
+    with open(config_path) as handle:
+        config = validate_config(yaml.safe_load(handle))
+    model_options = dict(config.get("models", {}).get(arch, {}))
+    if overrides.get("width"):
+        model_options["width"] = overrides["width"]
+    if overrides.get("init_range") is not None:
+        model_options["init_range"] = overrides["init_range"]
+    attack = attack_options(config, arch)
+    attack.update({k: overrides[k] for k in OVERRIDES if overrides.get(k) is not None})
+    return dict(model_options=model_options, precode=dict(config["precode"]), attack=attack,
+                model_mode=overrides.get("model_mode") or model_mode(config, arch))
+
+
+def _run_mode(args: dict, mode: str) -> list[dict]:
     import torch
 
-    from ppp.attacks.engine import GradientMatchingProblem, ServerView, optimise
+    from ppp.attacks.engine import ServerView
+    from ppp.attacks.inverting_gradients import build_attack
     from ppp.data import DATASETS, REPO_ROOT, load_victims
     from ppp.defenses import build_defense
-    from ppp.gradients import select_parameters, shared_gradient
+    from ppp.gradients import set_model_mode, shared_gradient
     from ppp.metrics import image_metrics
     from ppp.models import PrecodeSpec, build_model
     from ppp.seeding import derive_seed, generator, seeded
@@ -37,14 +64,17 @@ def _run_mode(args: dict, mode: str) -> dict:
     import torch._dynamo  # noqa: F401
     device = resolve_device(args["device"])
     facts = DATASETS[args["dataset"]]
+    settings = preset_settings(args["config"] or REPO_ROOT / "config" / "config.yaml", args["arch"], args)
     path = args["victims_file"] or REPO_ROOT / "data" / "victims" / VICTIM_FILES[args["dataset"]]
     images, labels = load_victims(path, args["dataset"], 32)
-    images, labels = images[: args["victims"]], labels[: args["victims"]]
+    first = args["first_victim"]
+    images, labels = images[first: first + args["victims"]], labels[first: first + args["victims"]]
     defense = build_defense(args["defense"], args["sigma"])
-    options = {**DEFAULT_OPTIONS[args["arch"]], **({"width": args["width"]} if args["width"] else {})}
+    precode = PrecodeSpec(**settings["precode"]) if defense.needs_precode else None
     with seeded(args["seed"]):
         model = build_model(args["arch"], images.shape[1:], facts["num_classes"], facts["mean"], facts["std"],
-                            PrecodeSpec() if defense.needs_precode else None, options).to(device)
+                            precode, settings["model_options"]).to(device)
+    set_model_mode(model, settings["model_mode"])
     groups = model.parameter_groups()
     per_victim = []
     for i in range(images.shape[0]):
@@ -52,61 +82,86 @@ def _run_mode(args: dict, mode: str) -> dict:
             grads = shared_gradient(model, images[i:i + 1].to(device), labels[i:i + 1].to(device))
         per_victim.append(defense(grads, groups, generator(derive_seed(args["seed"], "noise", i), device)))
     gradients = {n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}
-    selection = "before_precode" if args["attack"] == "ig_targeted" else "all"
-    problem = GradientMatchingProblem(
-        names=select_parameters(model, selection), iterations=args["iterations"], lr=0.1, tv_weight=1e-6,
-        restarts=1, init="randn", signed=True, boxed=True, lr_decay=True,
-        engine=args["engine"] if mode == "batched" else "loop", chunk_rows=args["batch_size"])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    if mode == "batched":
-        result = optimise(ServerView(model, gradients, labels), labels, problem, seed=args["seed"])
-        reconstructions, engine = result.images, result.engine
-    else:
-        reconstructions = torch.cat([
-            optimise(ServerView(model, {n: g[i:i + 1] for n, g in gradients.items()}, labels[i:i + 1]),
-                     labels[i:i + 1], problem, seed=args["seed"], victim_ids=[i]).images
-            for i in range(images.shape[0])])
-        engine = "loop"
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    peak_mb = peak_memory_mb(device)
-    psnr = [image_metrics(images[i], reconstructions[i])["psnr"] for i in range(images.shape[0])]
-    n = images.shape[0]
-    return dict(mode=mode, engine=engine, arch=args["arch"], dataset=args["dataset"], defense=args["defense"],
-                attack=args["attack"], victims=n, iterations=args["iterations"], device=str(device),
-                threads=args["threads"], seconds=round(seconds, 3),
-                victim_iterations_per_second=round(n * args["iterations"] / seconds, 2),
-                peak_memory_mb=round(peak_mb, 1), mean_psnr=round(sum(psnr) / n, 3),
-                batch_size=args["batch_size"], torch=torch.__version__)
+    lines = []
+    for iterations in args["iterations"]:
+        attack = build_attack(args["attack"], **{**settings["attack"], "iterations": iterations, "progress_every": 0,
+                                                 "engine": args["engine"] if mode == "batched" else "loop",
+                                                 "batch_size": args["batch_size"]})
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        if mode == "batched":
+            result = attack(ServerView(model, gradients, labels, settings["model_mode"]), seed=args["seed"])
+            reconstructions, engine = result.images, result.engine
+        else:
+            reconstructions = torch.cat([
+                attack(ServerView(model, {n: g[i:i + 1] for n, g in gradients.items()}, labels[i:i + 1],
+                                  settings["model_mode"]), seed=args["seed"], victim_ids=[i]).images
+                for i in range(images.shape[0])])
+            engine = "loop"
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        quality = [image_metrics(images[i], reconstructions[i]) for i in range(images.shape[0])]
+        n = images.shape[0]
+        psnr = torch.tensor([q["psnr"] for q in quality])
+        ssim = torch.tensor([q["ssim"] for q in quality])
+        lines.append(dict(
+            mode=mode, engine=engine, arch=args["arch"], dataset=args["dataset"], defense=args["defense"],
+            sigma=args["sigma"], attack=args["attack"], victims=n, first_victim=first, iterations=iterations,
+            model_mode=settings["model_mode"], width=settings["model_options"].get("width"),
+            init_range=settings["model_options"].get("init_range"),
+            tv_weight=settings["attack"].get("tv_weight"), lr=settings["attack"].get("lr"),
+            restarts=settings["attack"].get("restarts"), precode_code=settings["attack"].get("precode_code"),
+            keep_encoder=settings["attack"].get("keep_encoder"),
+            device=str(device), threads=args["threads"], seconds=round(seconds, 3),
+            victim_iterations_per_second=round(n * iterations / seconds, 2),
+            peak_memory_mb=round(peak_memory_mb(device), 1),
+            mean_psnr=round(float(psnr.mean()), 3), median_psnr=round(float(psnr.median()), 3),
+            mean_ssim=round(float(ssim.mean()), 4), median_ssim=round(float(ssim.median()), 4),
+            batch_size=args["batch_size"], torch=torch.__version__))
+    return lines
 
 
 def _child(args: dict, mode: str, queue) -> None:
     try:
         queue.put(_run_mode(args, mode))
     except Exception as err:  # reported by the parent
-        queue.put({"mode": mode, "error": f"{type(err).__name__}: {err}"})
+        queue.put([{"mode": mode, "error": f"{type(err).__name__}: {err}"}])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ppp-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="lenet", choices=sorted(DEFAULT_OPTIONS))
+    parser.add_argument("--arch", default="lenet", choices=ARCHS)
     parser.add_argument("--dataset", default="mnist", choices=sorted(VICTIM_FILES))
     parser.add_argument("--defense", default="none", choices=["none", "noise", "precode", "ppp"])
     parser.add_argument("--sigma", type=float, default=0.0, help="noise scale for noise and ppp")
     parser.add_argument("--attack", default="ig", choices=["ig", "ig_targeted"])
     parser.add_argument("--victims", type=int, default=16)
-    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--iterations", type=_int_list, default=[100],
+                        help="attack iterations; a comma list (50,100,200) runs one attack per budget")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--mode", default="both", choices=["both", "batched", "sequential"])
     parser.add_argument("--engine", default="auto", choices=["auto", "per_layer", "vmap"],
                         help="row engine of the batched mode (sequential is always the loop)")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per vectorised pass (default: all)")
-    parser.add_argument("--width", type=int, default=None, help="model width (default: the default preset's)")
+    parser.add_argument("--width", type=int, default=None, help="model width (default: the preset's)")
+    parser.add_argument("--config", default=None,
+                        help="the preset whose model, threat model and attack settings are used "
+                             "(default: config/config.yaml)")
+    parser.add_argument("--model-mode", default=None, choices=["eval", "train"], help="override the preset's")
+    parser.add_argument("--precode-code", default=None, choices=["sample", "mean"], help="override the preset's")
+    parser.add_argument("--tv-weight", type=float, default=None, help="override the preset's")
+    parser.add_argument("--lr", type=float, default=None, help="override the preset's")
+    parser.add_argument("--restarts", type=int, default=None, help="override the preset's")
+    parser.add_argument("--init", default=None, choices=["randn", "rand"], help="override the preset's")
+    parser.add_argument("--keep-encoder", action="store_const", const=True, default=None,
+                        help="the targeted attack also matches PRECODE's encoder; override the preset's")
+    parser.add_argument("--init-range", type=float, default=None,
+                        help="LeNet's uniform init range (0: PyTorch's default init); override the preset's")
+    parser.add_argument("--first-victim", type=int, default=0, help="attack victims from this index on")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--victims-file", default=None, help="a victim .npz (default: the authors' set)")
@@ -120,11 +175,19 @@ def main(argv: list[str] | None = None) -> int:
         queue = context.Queue()
         process = context.Process(target=_child, args=(args, mode, queue))
         process.start()
-        result = queue.get()
+        results = queue.get()
         process.join()
-        print(json.dumps(result), flush=True)
-        status |= "error" in result
+        for result in results:
+            print(json.dumps(result), flush=True)
+            status |= "error" in result
     return status
+
+
+def _int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
 
 
 if __name__ == "__main__":

@@ -64,3 +64,15 @@ def victims_per_cell(config: dict, arch: str) -> int:
 def training_options(config: dict, arch: str) -> dict:
     training = {k: v for k, v in config.get("training", {}).items() if k not in ("per_arch", "enabled")}
     return {**training, **config.get("training", {}).get("per_arch", {}).get(arch, {})}
+
+
+def model_mode(config: dict, arch: str) -> str:
+    """The threat model's model mode for one architecture (eval or train), used by capture and attack."""
+    threat = config.get("threat_model", {})
+    return str(threat.get("per_arch", {}).get(arch, {}).get("model_mode", threat.get("model_mode", "eval")))
+
+
+def noise_scales(config: dict, arch: str) -> list[float]:
+    """The sigma grid of one architecture: noise.per_arch.<arch>.scales, else noise.scales."""
+    noise = config.get("noise", {})
+    return list(noise.get("per_arch", {}).get(arch, {}).get("scales", noise["scales"]))

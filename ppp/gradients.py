@@ -8,6 +8,18 @@ from torch.nn import functional as F
 from ppp.models import AFTER, BEFORE, PRECODE, StagedNet
 
 
+# The model's mode when the client computes its update, which the server knows as part of the protocol
+# and uses in its own forward passes: BatchNorm in "eval" normalises with the running statistics, in
+# "train" with the statistics of the client's own batch. PRECODE samples in both (the authors' module).
+MODEL_MODES = ("eval", "train")
+
+
+def set_model_mode(model: StagedNet, mode: str) -> StagedNet:
+    if mode not in MODEL_MODES:
+        raise ValueError(f"model mode must be one of {', '.join(MODEL_MODES)}, got {mode!r}")
+    return model.train(mode == "train")
+
+
 def training_loss(model: StagedNet, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy plus the model's regulariser (beta * KL in bits for PRECODE), as the client trains."""
     logits = model(images)

@@ -8,7 +8,9 @@ averaged over the batch, added to the training loss. See docs/method.md.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -30,15 +32,20 @@ class VariationalBottleneck(nn.Module):
         self.decoder = nn.Linear(self.bottleneck_size, in_features)
         # The KL of the latest forward pass; the model adds beta * kl to the loss.
         self.kl_bits: torch.Tensor | None = None
+        # "sample" (the client's and the authors' module), or "mean": the code is the mean, an
+        # attacker's choice that makes its own forward pass deterministic (see CODE_MODES).
+        self.code_mode = "sample"
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch = features.shape[0]
         statistics = self.encoder(features.reshape(batch, -1))
         mu = statistics[:, : self.bottleneck_size]
         std = F.softplus(statistics[:, self.bottleneck_size:] - self.std_offset)
-        # Sampling in evaluation too, as the authors do: the stochastic gradients are the defence.
-        eps = torch.randn_like(std)
-        code = mu + eps * std
+        if self.code_mode == "mean":
+            code = mu
+        else:
+            # Sampling in evaluation too, as the authors do: the stochastic gradients are the defence.
+            code = mu + torch.randn_like(std) * std
         self.kl_bits = kl_to_standard_normal_bits(mu, std)
         return self.decoder(code).reshape(batch, *self.in_shape)
 
@@ -46,6 +53,26 @@ class VariationalBottleneck(nn.Module):
         if self.kl_bits is None:
             raise RuntimeError("VariationalBottleneck.regularizer() called before a forward pass")
         return self.beta * self.kl_bits
+
+
+# How a forward pass forms PRECODE's code: a reparameterised sample, or the mean of q(z|x).
+CODE_MODES = ("sample", "mean")
+
+
+@contextlib.contextmanager
+def code_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Run every PRECODE bottleneck of `model` with the code `mode` inside the block."""
+    if mode not in CODE_MODES:
+        raise ValueError(f"PRECODE code mode must be one of {', '.join(CODE_MODES)}, got {mode!r}")
+    bottlenecks = [m for m in model.modules() if isinstance(m, VariationalBottleneck)]
+    previous = [b.code_mode for b in bottlenecks]
+    for b in bottlenecks:
+        b.code_mode = mode
+    try:
+        yield
+    finally:
+        for b, old in zip(bottlenecks, previous):
+            b.code_mode = old
 
 
 def kl_to_standard_normal_bits(mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -13,8 +14,10 @@ from ppp.io import atomic_path, read_json
 
 CELL = ["dataset", "arch", "defense", "noise_scale", "attack", "model_state"]
 RECONSTRUCTION_COLUMNS = CELL + ["victim", "label", "mse", "psnr", "ssim"]
-UTILITY_COLUMNS = ["dataset", "arch", "defense", "noise_scale", "test_accuracy"]
+UTILITY_COLUMNS = ["dataset", "arch", "defense", "noise_scale", "test_accuracy", "test_accuracy_ci95",
+                   "test_examples", "test_accuracy_per_epoch"]
 DEFENSE_ORDER = ["none", "noise", "precode", "ppp"]
+MODEL_CELL = ["dataset", "arch", "defense", "noise_scale"]
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
@@ -28,10 +31,36 @@ def collect_reconstructions(paths: Iterable[str | Path]) -> pd.DataFrame:
     return frame[RECONSTRUCTION_COLUMNS].sort_values(CELL + ["victim"], kind="stable").reset_index(drop=True)
 
 
-def collect_utility(paths: Iterable[str | Path]) -> pd.DataFrame:
-    rows = [{k: read_json(p)[k] for k in UTILITY_COLUMNS} for p in paths]
+def collect_utility(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, dict[tuple, np.ndarray]]:
+    """The utility table (accuracy with a 95% normal interval over the test set, per-epoch accuracies) and
+    each model's per-example correctness on the test set, keyed by (dataset, arch, defense, noise_scale),
+    for paired comparisons between models."""
+    rows, correct = [], {}
+    for path in paths:
+        metrics = read_json(path)
+        key = tuple(metrics[k] for k in MODEL_CELL)
+        hits = np.array([c == "1" for c in metrics.get("test_correct", "")], dtype=float)
+        n = len(hits)
+        accuracy = float(metrics["test_accuracy"])
+        rows.append(dict(zip(MODEL_CELL, key), test_accuracy=accuracy,
+                         test_accuracy_ci95=1.96 * np.sqrt(accuracy * (1 - accuracy) / n) if n else float("nan"),
+                         test_examples=n,
+                         test_accuracy_per_epoch=";".join(f"{a:.4f}" for a in metrics.get("test_accuracy_per_epoch", []))))
+        if n:
+            correct[key] = hits
     frame = pd.DataFrame(rows, columns=UTILITY_COLUMNS)
-    return frame.sort_values(UTILITY_COLUMNS[:4], kind="stable").reset_index(drop=True)
+    return frame.sort_values(MODEL_CELL, kind="stable").reset_index(drop=True), correct
+
+
+def paired_accuracy_drop(reference: np.ndarray | None, other: np.ndarray | None) -> tuple[float, float, float]:
+    """Accuracy of `reference` minus that of `other` on the same test examples, with a 95% interval from
+    the per-example differences (paired, so it is far tighter than two separate intervals)."""
+    if reference is None or other is None or len(reference) != len(other) or not len(reference):
+        return float("nan"), float("nan"), float("nan")
+    differences = reference - other
+    mean = float(differences.mean())
+    half = 1.96 * float(differences.std(ddof=1)) / np.sqrt(len(differences)) if len(differences) > 1 else 0.0
+    return mean, mean - half, mean + half
 
 
 def summarize(reconstructions: pd.DataFrame, utility: pd.DataFrame, success_ssim: float) -> pd.DataFrame:
@@ -44,7 +73,7 @@ def summarize(reconstructions: pd.DataFrame, utility: pd.DataFrame, success_ssim
         ssim_mean=("ssim", "mean"), ssim_median=("ssim", "median"),
         success_rate=("ssim", lambda s: float((s >= success_ssim).mean())),
     ).reset_index()
-    summary = summary.merge(utility, on=["dataset", "arch", "defense", "noise_scale"], how="left")
+    summary = summary.merge(utility[MODEL_CELL + ["test_accuracy", "test_accuracy_ci95"]], on=MODEL_CELL, how="left")
     summary["success_ssim_threshold"] = success_ssim
     return summary
 
@@ -57,7 +86,7 @@ def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     strongest = (summary.groupby(["dataset", "arch", "defense", "noise_scale"], sort=False)
-                 .agg(ssim=("ssim_mean", "max"), test_accuracy=("test_accuracy", "first")).reset_index())
+                 .agg(ssim=("ssim_median", "max"), test_accuracy=("test_accuracy", "first")).reset_index())
     datasets, archs = sorted(strongest.dataset.unique()), list(dict.fromkeys(strongest.arch))
     fig, axes = plt.subplots(len(datasets), len(archs), figsize=(3.2 * len(archs), 3.0 * len(datasets)),
                              squeeze=False)
@@ -73,7 +102,7 @@ def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
                         ax.annotate(f"{row.noise_scale:g}", (row.test_accuracy, row.ssim), fontsize=6)
             ax.set_title(f"{dataset} / {arch}", fontsize=9)
             ax.set_xlabel("test accuracy", fontsize=8)
-            ax.set_ylabel("attack SSIM (strongest)", fontsize=8)
+            ax.set_ylabel("median SSIM, strongest attack", fontsize=8)
             ax.set_ylim(-0.05, 1.05)
             ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
@@ -107,32 +136,79 @@ def reconstruction_grid(originals: torch.Tensor, rows: Sequence[tuple[str, torch
     plt.close(fig)
 
 
-def findings(summary: pd.DataFrame, success_ssim: float) -> pd.DataFrame:
-    """One row per dataset x architecture x model state with the numbers each claim of the paper rests
-    on (mean SSIM per cell, test accuracy) and whether it held at the success threshold. Noisy cells
-    are reported at the largest noise scale of the grid."""
+@dataclass(frozen=True)
+class Verdicts:
+    """When an attack counts as working or failing on a cell, from the medians over its victims.
+
+    An attack works when its median SSIM reaches `success_ssim`; a defence protects when the strongest
+    attack on it stays below `success_ssim` and at least `margin_db` below the PSNR that Inverting
+    Gradients reaches on the undefended model. The accuracy claim holds when the undefended model's test
+    accuracy exceeds the defended one's by at most `max_accuracy_drop`."""
+
+    success_ssim: float = 0.5
+    margin_db: float = 6.0
+    max_accuracy_drop: float = 0.03
+
+
+def findings(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: Verdicts) -> pd.DataFrame:
+    """One row per dataset x architecture x model state: the medians each claim of the paper rests on,
+    the smallest protecting noise scale of full noise and of PPP, the accuracies there, and a verdict
+    per claim (F1: IG reconstructs the undefended model; F2: IG fails on PRECODE while the targeted
+    attack succeeds; F3: PPP at some sigma of the grid defeats every attack; F4: PPP at that sigma keeps
+    test accuracy within `max_accuracy_drop` of the undefended model)."""
     rows = []
     for (dataset, arch, state), cell in summary.groupby(["dataset", "arch", "model_state"], sort=False):
-        top = cell.loc[cell.defense.isin(["noise", "ppp"]), "noise_scale"].max()
-
-        def pick(defense, attack, column="ssim_mean"):
-            sel = cell[(cell.defense == defense) & (cell.attack == attack)]
-            if defense in ("noise", "ppp"):
-                sel = sel[np.isclose(sel.noise_scale, top)]
+        def median(defense, attack, column="psnr_median", sigma=0.0):
+            sel = cell[(cell.defense == defense) & (cell.attack == attack) & np.isclose(cell.noise_scale, sigma)]
             return float(sel[column].iloc[0]) if len(sel) else float("nan")
 
-        row = dict(dataset=dataset, arch=arch, model_state=state, noise_scale=top,
-                   ssim_ig_none=pick("none", "ig"), ssim_ig_noise=pick("noise", "ig"),
-                   ssim_ig_precode=pick("precode", "ig"), ssim_targeted_precode=pick("precode", "ig_targeted"),
-                   ssim_ig_ppp=pick("ppp", "ig"), ssim_targeted_ppp=pick("ppp", "ig_targeted"),
-                   acc_none=pick("none", "ig", "test_accuracy"), acc_noise=pick("noise", "ig", "test_accuracy"),
-                   acc_precode=pick("precode", "ig", "test_accuracy"), acc_ppp=pick("ppp", "ig", "test_accuracy"))
+        def accuracy(defense, sigma=0.0):
+            sel = cell[(cell.defense == defense) & np.isclose(cell.noise_scale, sigma)]
+            return float(sel.test_accuracy.iloc[0]) if len(sel) else float("nan")
+
+        reference_psnr = median("none", "ig")
+        row = dict(dataset=dataset, arch=arch, model_state=state,
+                   psnr_ig_none=reference_psnr, ssim_ig_none=median("none", "ig", "ssim_median"),
+                   psnr_ig_precode=median("precode", "ig"), ssim_ig_precode=median("precode", "ig", "ssim_median"),
+                   psnr_targeted_precode=median("precode", "ig_targeted"),
+                   ssim_targeted_precode=median("precode", "ig_targeted", "ssim_median"))
+        for defense in ("noise", "ppp"):
+            noisy = cell[cell.defense == defense]
+            protecting, strongest_at = float("nan"), None
+            for sigma in sorted(noisy.noise_scale.unique()):
+                at = noisy[np.isclose(noisy.noise_scale, sigma)]
+                strongest = at.loc[at.ssim_median.idxmax()]
+                strongest_at = (sigma, strongest)
+                if (strongest.ssim_median < verdicts.success_ssim
+                        and reference_psnr - strongest.psnr_median >= verdicts.margin_db):
+                    protecting = sigma
+                    break
+            row[f"{defense}_protecting_sigma"] = protecting
+            # At the protecting sigma, or (none protects) at the largest sigma of the grid.
+            shown_sigma, shown = strongest_at if strongest_at else (float("nan"), None)
+            row[f"{defense}_sigma_shown"] = shown_sigma
+            row[f"{defense}_strongest_attack"] = shown.attack if shown is not None else ""
+            row[f"psnr_strongest_{defense}"] = float(shown.psnr_median) if shown is not None else float("nan")
+            row[f"ssim_strongest_{defense}"] = float(shown.ssim_median) if shown is not None else float("nan")
+            row[f"acc_{defense}"] = accuracy(defense, shown_sigma)
+            drop, low, high = paired_accuracy_drop(correct.get((dataset, arch, "none", 0.0)),
+                                                   correct.get((dataset, arch, defense, shown_sigma)))
+            row[f"acc_drop_{defense}"], row[f"acc_drop_{defense}_ci_low"], row[f"acc_drop_{defense}_ci_high"] = drop, low, high
+        row.update(acc_none=accuracy("none"), acc_precode=accuracy("precode"))
+        works = row["ssim_ig_none"] >= verdicts.success_ssim
         row.update(
-            ig_leaks_undefended=row["ssim_ig_none"] >= success_ssim,
-            precode_blocks_ig=row["ssim_ig_precode"] < success_ssim,
-            targeted_breaks_precode=row["ssim_targeted_precode"] >= success_ssim,
-            ppp_blocks_both=max(row["ssim_ig_ppp"], row["ssim_targeted_ppp"]) < success_ssim,
-            noise_blocks_ig=row["ssim_ig_noise"] < success_ssim,
+            F1_ig_leaks_undefended=bool(works),
+            F2_targeted_breaks_precode_ig_does_not=bool(
+                row["ssim_ig_precode"] < verdicts.success_ssim
+                and row["ssim_targeted_precode"] >= verdicts.success_ssim
+                and row["psnr_targeted_precode"] - row["psnr_ig_precode"] >= verdicts.margin_db),
+            # Only meaningful where the targeted attack breaks PRECODE: else there is nothing to defeat.
+            F3_ppp_defeats_every_attack=bool(np.isfinite(row["ppp_protecting_sigma"])
+                                             and row["ssim_targeted_precode"] >= verdicts.success_ssim),
+            F4_ppp_keeps_accuracy=bool(np.isfinite(row["ppp_protecting_sigma"])
+                                       and row["acc_drop_ppp"] <= verdicts.max_accuracy_drop),
+            ppp_needs_less_noise=bool(np.isfinite(row["ppp_protecting_sigma"])
+                                      and not row["noise_protecting_sigma"] <= row["ppp_protecting_sigma"]),
         )
         rows.append(row)
     return pd.DataFrame(rows)

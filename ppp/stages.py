@@ -18,12 +18,12 @@ from ppp import data as data_lib
 from ppp.attacks import ServerView, build_attack
 from ppp.attacks.inverting_gradients import attack_needs_precode
 from ppp.defenses import build_defense
-from ppp.gradients import shared_gradient
+from ppp.gradients import set_model_mode, shared_gradient
 from ppp.io import ArtifactError, load_tensors, read_json, save_tensors, sha256, write_json
 from ppp.metrics import image_metrics
 from ppp.models import PrecodeSpec, StagedNet, build_model
 from ppp.seeding import derive_seed, generator, seeded
-from ppp.training import TrainingConfig, accuracy, train
+from ppp.training import TrainingConfig, accuracy, correct_predictions, train
 
 log = logging.getLogger(__name__)
 GRAD_PREFIX = "grad/"
@@ -116,10 +116,15 @@ def train_model(arch: str, defense_name: str, noise_scale: float, distribution: 
     defense = build_defense(defense_name, noise_scale, distribution)
     model = load_model(init_path, arch, meta, model_options, precode if defense.needs_precode else None)
     images, labels = load_split_tensors(train_path)
-    cell_seed = derive_seed(seed, "train", meta["dataset"], arch, defense_name, noise_scale)
-    summary = train(model, defense, images, labels, training, cell_seed, device)
     test_images, test_labels = load_split_tensors(test_path)
-    summary["test_accuracy"] = accuracy(model, test_images, test_labels, device, cell_seed)
+    cell_seed = derive_seed(seed, "train", meta["dataset"], arch, defense_name, noise_scale)
+    # Test accuracy after every epoch, so that a reader sees whether training had levelled off.
+    summary = train(model, defense, images, labels, training, cell_seed, device,
+                    after_epoch=lambda epoch: accuracy(model, test_images, test_labels, device, cell_seed))
+    correct = correct_predictions(model, test_images, test_labels, device, cell_seed)
+    summary["test_accuracy"] = float(correct.float().mean())
+    summary["test_accuracy_per_epoch"] = summary.pop("per_epoch")
+    summary["test_correct"] = "".join("1" if c else "0" for c in correct.tolist())
     metrics = dict(dataset=meta["dataset"], arch=arch, defense=defense_name, noise_scale=noise_scale,
                    training=asdict(training), **summary)
     save_model(model.cpu(), out_model, dict(arch=arch, defense=defense_name, noise_scale=noise_scale))
@@ -132,12 +137,13 @@ def train_model(arch: str, defense_name: str, noise_scale: float, distribution: 
 def capture_gradients(arch: str, defense_name: str, noise_scale: float, distribution: str, state: str,
                       model_path: str, meta_path: str, victims_path: str, num_victims: int,
                       model_options: dict, precode: PrecodeSpec, seed: int, device: torch.device,
-                      out: str) -> None:
-    """The defended gradient of each victim, alone in its batch, stacked over victims."""
+                      out: str, model_mode: str = "eval") -> None:
+    """The defended gradient of each victim, alone in its batch, stacked over victims, computed with the
+    model in the protocol's `model_mode` (eval or train)."""
     meta = read_json(meta_path)
     defense = build_defense(defense_name, noise_scale, distribution)
     model = load_model(model_path, arch, meta, model_options, precode if defense.needs_precode else None)
-    model.to(device).train()
+    set_model_mode(model.to(device), model_mode)
     groups = model.parameter_groups()
     victims = load_tensors(victims_path, required=("images", "labels"))
     images, labels = victims["images"][:num_victims], victims["labels"][:num_victims]
@@ -152,7 +158,7 @@ def capture_gradients(arch: str, defense_name: str, noise_scale: float, distribu
     stacked = {GRAD_PREFIX + n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}
     stacked["labels"] = labels.clone()
     save_tensors(out, stacked, metadata={"defense": defense_name, "noise_scale": str(noise_scale),
-                                         "state": state, "num_victims": str(num_victims)})
+                                         "state": state, "num_victims": str(num_victims), "model_mode": model_mode})
 
 
 # --- server: the attack -----------------------------------------------------------------------------
@@ -160,7 +166,7 @@ def capture_gradients(arch: str, defense_name: str, noise_scale: float, distribu
 def run_attack(arch: str, attack_name: str, attack_options: dict, has_precode: bool, model_path: str,
                meta_path: str, gradients_path: str, model_options: dict, precode: PrecodeSpec, seed: int,
                device: torch.device, out: str,
-               progress: Callable[[int, torch.Tensor], None] | None = None) -> dict:
+               progress: Callable[[int, torch.Tensor], None] | None = None, model_mode: str = "eval") -> dict:
     if attack_needs_precode(attack_name) and not has_precode:
         raise ValueError(f"attack {attack_name!r} targets PRECODE; this model has none")
     meta = read_json(meta_path)
@@ -169,7 +175,7 @@ def run_attack(arch: str, attack_name: str, attack_options: dict, has_precode: b
     gradients = {k[len(GRAD_PREFIX):]: v for k, v in shared.items() if k.startswith(GRAD_PREFIX)}
     attack = build_attack(attack_name, **attack_options)
     # The server sees labels only where the config says it knows them.
-    view = ServerView(model, gradients, shared["labels"] if attack.labels == "known" else None)
+    view = ServerView(model, gradients, shared["labels"] if attack.labels == "known" else None, model_mode)
     result = attack(view, seed=seed, progress=progress)
     save_tensors(out, {"images": result.images, "labels": result.labels, "gradient_loss": result.gradient_loss,
                        "restart_losses": result.restart_losses},

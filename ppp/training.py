@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -33,8 +34,10 @@ OPTIMIZERS = {
 
 
 def train(model: StagedNet, defense: Defense, images: torch.Tensor, labels: torch.Tensor,
-          config: TrainingConfig, seed: int, device: torch.device) -> dict:
-    """Train in place on float images in [0, 1]; return a training summary."""
+          config: TrainingConfig, seed: int, device: torch.device,
+          after_epoch: Callable[[int], float] | None = None) -> dict:
+    """Train in place on float images in [0, 1]; return a training summary. `after_epoch(epoch)` (for
+    example the test accuracy) is called after every epoch and its values are returned as `per_epoch`."""
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"training.optimizer: unknown {config.optimizer!r}; known: {sorted(OPTIMIZERS)}")
     model.to(device).train()
@@ -44,7 +47,7 @@ def train(model: StagedNet, defense: Defense, images: torch.Tensor, labels: torc
     order_gen = generator(derive_seed(seed, "order"))
     noise_gen = generator(derive_seed(seed, "noise"), device)
     n = images.shape[0] if config.max_train_examples is None else min(images.shape[0], config.max_train_examples)
-    started, steps = time.perf_counter(), 0
+    started, steps, per_epoch = time.perf_counter(), 0, []
     with seeded(derive_seed(seed, "sampling"), device):
         for epoch in range(config.epochs):
             order = torch.randperm(images.shape[0], generator=order_gen)[:n]
@@ -57,17 +60,30 @@ def train(model: StagedNet, defense: Defense, images: torch.Tensor, labels: torc
                 optimizer.step()
                 steps += 1
             log.info("epoch %d/%d done (%d steps)", epoch + 1, config.epochs, steps)
-    return {"steps": steps, "train_seconds": time.perf_counter() - started, "train_examples": n}
+            if after_epoch is not None:
+                per_epoch.append(after_epoch(epoch + 1))
+                model.train()
+    summary = {"steps": steps, "train_seconds": time.perf_counter() - started, "train_examples": n}
+    if after_epoch is not None:
+        summary["per_epoch"] = per_epoch
+    return summary
 
 
 @torch.no_grad()
-def accuracy(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-             seed: int, batch_size: int = 500) -> float:
-    """Test accuracy in evaluation mode (PRECODE still samples, as the authors' module does)."""
+def correct_predictions(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                        seed: int, batch_size: int = 500) -> torch.Tensor:
+    """Per test example, whether the model classifies it correctly, in evaluation mode (PRECODE still
+    samples, as the authors' module does). Kept per example so that two models' accuracies can be
+    compared on the same examples (a paired interval; ppp.report)."""
     model.to(device).eval()
-    correct = 0
+    correct = []
     with seeded(derive_seed(seed, "eval"), device):
         for start in range(0, images.shape[0], batch_size):
             x = images[start:start + batch_size].to(device)
-            correct += int((model(x).argmax(dim=1).cpu() == labels[start:start + batch_size]).sum())
-    return correct / images.shape[0]
+            correct.append(model(x).argmax(dim=1).cpu() == labels[start:start + batch_size])
+    return torch.cat(correct)
+
+
+def accuracy(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+             seed: int, batch_size: int = 500) -> float:
+    return float(correct_predictions(model, images, labels, device, seed, batch_size).float().mean())

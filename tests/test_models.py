@@ -49,3 +49,25 @@ def test_unknown_architecture_and_bad_position_are_named():
         build_model("vgg", (1, 32, 32), 10, (0.5,), (0.5,))
     with pytest.raises(ValueError, match="position_from_end"):
         build_model("mlp", (1, 32, 32), 10, (0.5,), (0.5,), PrecodeSpec(position_from_end=3))
+
+
+def test_model_mode_decides_batchnorm_statistics_at_capture():
+    """In eval mode the client's gradient uses BatchNorm's running statistics and leaves them as they
+    were; in train mode it normalises by the image's own statistics (and updates the running ones)."""
+    from ppp.gradients import set_model_mode
+
+    torch.manual_seed(0)
+    model = build_model("convnet", (1, 32, 32), 10, (0.1307,), (0.3081,), None, {"width": 4})
+    image, label = torch.rand(1, 1, 32, 32), torch.tensor([3])
+    norm = model.stages.block1[1]
+    before = norm.running_mean.clone()
+    set_model_mode(model, "eval")
+    eval_grads = shared_gradient(model, image, label)
+    assert torch.equal(norm.running_mean, before) and not model.training
+    set_model_mode(model, "train")
+    train_grads = shared_gradient(model, image, label)
+    assert not torch.equal(norm.running_mean, before)
+    name = "stages.block1.0.weight"
+    assert not torch.allclose(eval_grads[name], train_grads[name])
+    with pytest.raises(ValueError, match="eval, train"):
+        set_model_mode(model, "inference")

@@ -53,3 +53,21 @@ def test_precode_makes_the_head_gradient_stochastic_but_not_without_it(mnist_vic
         g1 = shared_gradient(model, x, y)["stages.head.weight"]
         g2 = shared_gradient(model, x, y)["stages.head.weight"]
         assert (not torch.allclose(g1, g2)) == should_differ
+
+
+def test_mean_code_is_deterministic_and_the_mode_is_restored():
+    from ppp.precode import code_mode
+
+    model = build_model("mlp", (1, 8, 8), 10, (0.5,), (0.5,), PrecodeSpec(bottleneck_size=4), {"width": 16})
+    x = torch.rand(3, 1, 8, 8)
+    with code_mode(model, "mean"):
+        first, second = model(x), model(x)
+    assert torch.equal(first, second), "the mean code must make the forward pass deterministic"
+    assert not torch.allclose(model(x), model(x)), "outside the block PRECODE must sample again"
+    try:
+        with code_mode(model, "median"):
+            pass
+    except ValueError as err:
+        assert "sample, mean" in str(err)
+    else:
+        raise AssertionError("an unknown code mode must be refused")

@@ -57,8 +57,13 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
     utility = pd.read_csv(tables / "utility.csv")
     assert list(utility.columns) == UTILITY_COLUMNS and len(utility) == 4
     assert utility.test_accuracy.between(0, 1).all()
+    assert utility.test_accuracy_ci95.between(0, 0.2).all() and (utility.test_examples == 128).all()
     summary = pd.read_csv(tables / "summary.csv")
     assert {"ssim_mean", "psnr_median", "success_rate", "test_accuracy"} <= set(summary.columns)
+    findings = pd.read_csv(tables / "findings.csv")
+    assert len(findings) == 1 and {"F1_ig_leaks_undefended", "F2_targeted_breaks_precode_ig_does_not",
+                                   "F3_ppp_defeats_every_attack", "F4_ppp_keeps_accuracy", "ppp_protecting_sigma",
+                                   "acc_drop_ppp_ci_low"} <= set(findings.columns)
     for plot in ("privacy_utility.png", "reconstructions_mnist_mlp_init.png"):
         assert (workdir / "results" / "plots" / plot).stat().st_size > 1000
 

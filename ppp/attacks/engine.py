@@ -28,8 +28,9 @@ from torch.nn import functional as F
 
 from ppp.attacks.objectives import cosine_distance, total_variation
 from ppp.attacks.per_layer import PerLayerObjective, row_selector, unsupported_reason
-from ppp.gradients import shared_gradient
+from ppp.gradients import set_model_mode, shared_gradient
 from ppp.models import StagedNet
+from ppp.precode import code_mode
 from ppp.seeding import derive_seed, generator, seeded
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class ServerView:
     model: StagedNet
     gradients: dict[str, torch.Tensor]  # name -> (B, *param.shape), the defended shared gradients
     labels: torch.Tensor | None = None  # (B,) where labels are known to the server
+    model_mode: str = "eval"  # the mode the protocol computes updates in (ppp.gradients.MODEL_MODES)
 
     @property
     def num_victims(self) -> int:
@@ -86,6 +88,7 @@ class GradientMatchingProblem:
     patience: int = 0  # freeze a row whose loss has not improved for this many iterations (0: never)
     min_improvement: float = 1e-4  # relative improvement that counts as progress for `patience`
     memory_budget_mb: float | None = None  # choose chunk_rows so that a chunk's graphs fit this
+    precode_code: str = "sample"  # the attacker's PRECODE code in its own passes: sample or mean
 
 
 class RowObjective:
@@ -185,8 +188,10 @@ def rows_per_chunk(objective: RowObjective, x: torch.Tensor, memory_budget_mb: f
 @contextlib.contextmanager
 def _no_running_stats(model: nn.Module):
     """Training-mode BatchNorm normalises with the image's own statistics either way; switching off the
-    running-statistics update (an in-place write vmap refuses) changes no output."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    running-statistics update (an in-place write vmap refuses) changes no output. In evaluation mode
+    nothing is written and nothing changes."""
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
     for m in norms:
         m.track_running_stats = False
     try:
@@ -207,7 +212,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     is frozen and no longer computed."""
     started = time.perf_counter()
     model = view.model
-    model.train()  # the client computed its update in training mode
+    set_model_mode(model, view.model_mode)  # the mode the client computed its update in
     for p in model.parameters():
         p.requires_grad_(True)
     device = model.mean.device
@@ -266,7 +271,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         better = rows[row_losses < best_loss[rows]].to(device)
         best_x[better] = x[better]
         best_loss[rows] = torch.minimum(best_loss[rows], row_losses)
-    with seeded(derive_seed(seed, "sampling"), device):
+    with seeded(derive_seed(seed, "sampling"), device), code_mode(model, problem.precode_code):
         for step in range(problem.iterations):
             live = active.nonzero().flatten()
             if len(live) == 0:

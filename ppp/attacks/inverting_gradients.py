@@ -13,6 +13,7 @@ import torch
 
 from ppp.attacks.engine import ENGINES, AttackResult, GradientMatchingProblem, ServerView, infer_labels, optimise
 from ppp.gradients import select_parameters
+from ppp.precode import CODE_MODES
 
 
 @dataclass
@@ -34,17 +35,23 @@ class InvertingGradients:
     memory_budget_mb: float | None = None  # or: as many rows per pass as fit this budget
     patience: int = 0  # early stopping: freeze a victim after this many iterations without progress
     min_improvement: float = 1e-4
+    # The attacker's PRECODE code in its own forward passes: "sample" as the client does, or "mean",
+    # which matches a deterministic gradient (stronger; docs/method.md "Threat model").
+    precode_code: str = "mean"
 
     def __post_init__(self):
         if self.labels not in ("known", "inferred"):
             raise ValueError(f"attack labels must be 'known' or 'inferred', got {self.labels!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"attack engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.precode_code not in CODE_MODES:
+            raise ValueError(f"attack precode_code must be one of {', '.join(CODE_MODES)}, got {self.precode_code!r}")
         if self.iterations < 1 or self.restarts < 1:
             raise ValueError("attack iterations and restarts must be >= 1")
 
     def __call__(self, view: ServerView, seed: int,
-                 progress: Callable[[int, torch.Tensor], None] | None = None) -> AttackResult:
+                 progress: Callable[[int, torch.Tensor], None] | None = None,
+                 victim_ids: list[int] | None = None) -> AttackResult:
         if self.labels == "known":
             if view.labels is None:
                 raise ValueError("attack labels: 'known' but the server view has no labels")
@@ -56,8 +63,10 @@ class InvertingGradients:
             iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
             init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay,
             engine=self.engine, chunk_rows=self.batch_size, patience=self.patience,
-            min_improvement=self.min_improvement, memory_budget_mb=self.memory_budget_mb)
-        return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every)
+            min_improvement=self.min_improvement, memory_budget_mb=self.memory_budget_mb,
+            precode_code=self.precode_code)
+        return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every,
+                        victim_ids=victim_ids)
 
 
 ATTACKS: dict[str, dict] = {

@@ -12,11 +12,12 @@ rule returns the two per-row quantities the cosine distance needs, <gradient, ta
   weight-gradient kernel, or for layers with few input channels a correlation of the inputs with the
   deltas (faster there); forward and input-gradient convolutions stay ordinary batched ones with
   shared weights, which is where this engine gains over a vmap of the whole objective.
-- GroupNorm's affine gradients are sums of delta times the normalised input.
+- GroupNorm's affine gradients are sums of delta times the normalised input, and so are those of
+  BatchNorm in evaluation mode (a per-channel affine map with the running statistics).
 
-Unsupported, and then the engine uses vmap instead: BatchNorm (it normalises over the batch, so rows
-would share statistics), any other layer type owning a matched parameter, grouped or non-zero-padded
-convolutions, and a matched layer that runs more than once per forward.
+Unsupported, and then the engine uses vmap instead: BatchNorm in training mode (it normalises over
+the batch, so rows would share statistics), any other layer type owning a matched parameter, grouped
+or non-zero-padded convolutions, and a matched layer that runs more than once per forward.
 """
 
 from __future__ import annotations
@@ -165,6 +166,15 @@ def group_norm_weight_terms(layer: nn.GroupNorm, inputs: torch.Tensor, delta: to
     return _dot_and_square((delta * normalised).flatten(2).sum(2), target)
 
 
+@layer_rule(nn.modules.batchnorm._BatchNorm, channel_axis=1)
+def batch_norm_eval_weight_terms(layer: nn.modules.batchnorm._BatchNorm, inputs: torch.Tensor,
+                                 delta: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Evaluation mode only (unsupported_reason refuses the rest): the running statistics, per channel.
+    shape = (1, -1) + (1,) * (inputs.dim() - 2)
+    normalised = (inputs - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
+    return _dot_and_square((delta * normalised).flatten(2).sum(2), target)
+
+
 def _rule_for(layer: nn.Module) -> LayerRule | None:
     for cls in type(layer).__mro__:
         if cls in LAYER_RULES:
@@ -176,8 +186,9 @@ def unsupported_reason(model: nn.Module, names: list[str]) -> str | None:
     """Why the per-layer engine cannot compute this model's matched gradients, or None if it can."""
     modules = dict(model.named_modules())
     for name, module in modules.items():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            return f"{name} is BatchNorm, which normalises over the batch (rows would share statistics)"
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_mean is None):
+            return (f"{name} is BatchNorm in training mode, which normalises over the batch (rows would "
+                    f"share statistics)")
     for parameter in names:
         owner, _, kind = parameter.rpartition(".")
         module = modules.get(owner)

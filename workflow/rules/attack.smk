@@ -10,6 +10,7 @@ rule attack:
         attack_options=lambda w: attack_options(config, w.arch),
         model_options=lambda w: config["models"].get(w.arch, {}),
         precode=precode_params(),
+        model_mode=lambda w: model_mode(config, w.arch),
         has_precode=lambda w: needs_precode(w.defense),
         seed=config["seed"],
         device=config["device"],

@@ -9,6 +9,7 @@ rule capture:
     params:
         model_options=lambda w: config["models"].get(w.arch, {}),
         precode=precode_params(),
+        model_mode=lambda w: model_mode(config, w.arch),
         num_victims=lambda w: victims_per_cell(config, w.arch),
         distribution=config["noise"].get("distribution", "gaussian"),
         seed=config["seed"],

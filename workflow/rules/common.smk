@@ -1,7 +1,7 @@
 # Shared helpers: the grid of cells the config asks for, and the params every job gets.
 import os
 
-from ppp.config import attack_options, training_options, victims_per_cell
+from ppp.config import attack_options, model_mode, noise_scales, training_options, victims_per_cell
 from ppp.defenses import DEFENSES, uses_noise
 from ppp.attacks.inverting_gradients import attack_needs_precode
 
@@ -23,11 +23,12 @@ def sigma_str(value):
     return f"{float(value):g}"
 
 
-def defense_cells():
-    """(defense, sigma) pairs: one per noise scale for noising defences, sigma 0 otherwise."""
+def defense_cells(arch):
+    """(defense, sigma) pairs of one architecture: one per noise scale for noising defences (the
+    architecture's own grid where noise.per_arch gives one), sigma 0 otherwise."""
     for defense in config["defenses"]:
         if uses_noise(defense):
-            for scale in config["noise"]["scales"]:
+            for scale in noise_scales(config, arch):
                 yield defense, sigma_str(scale)
         else:
             yield defense, "0"
@@ -45,7 +46,7 @@ def attack_cells():
     """Every (dataset, arch, defense, sigma, state, attack) the study attacks."""
     for dataset in config["datasets"]:
         for arch in config["archs"]:
-            for defense, sigma in defense_cells():
+            for defense, sigma in defense_cells(arch):
                 for state in config["model_states"]:
                     for attack in config["attacks"]:
                         if attack_needs_precode(attack) and not needs_precode(defense):

@@ -10,7 +10,7 @@ def utility_files():
         f"{RESULTS}/models/{dataset}/{arch}/{defense}/{sigma}/metrics.json"
         for dataset in config["datasets"]
         for arch in config["archs"]
-        for defense, sigma in defense_cells()
+        for defense, sigma in defense_cells(arch)
     ]
 
 
@@ -26,7 +26,7 @@ rule aggregate:
         findings=report(f"{RESULTS}/tables/findings.csv", caption="../report/findings.rst", category="Tables"),
         privacy_utility=report(f"{RESULTS}/plots/privacy_utility.png", caption="../report/privacy_utility.rst", category="Plots"),
     params:
-        success_ssim=config["report"]["success_ssim"],
+        verdicts={k: config["report"][k] for k in ("success_ssim", "margin_db", "max_accuracy_drop")},
     log:
         f"{LOGS}/aggregate.log",
     localrule: True

@@ -2,14 +2,15 @@ from ppp import report
 from ppp.jobs import job
 
 out = snakemake.output
-with job(snakemake, {"success_ssim": snakemake.params.success_ssim}) as run:
+verdicts = report.Verdicts(**snakemake.params.verdicts)
+with job(snakemake, {"verdicts": snakemake.params.verdicts}) as run:
     reconstructions = report.collect_reconstructions(snakemake.input.metrics)
-    utility = report.collect_utility(snakemake.input.utility)
-    summary = report.summarize(reconstructions, utility, snakemake.params.success_ssim)
+    utility, correct = report.collect_utility(snakemake.input.utility)
+    summary = report.summarize(reconstructions, utility, verdicts.success_ssim)
     report.write_csv(reconstructions, out.reconstructions)
     report.write_csv(utility, out.utility)
     report.write_csv(summary, out.summary)
-    report.write_csv(report.findings(summary, snakemake.params.success_ssim), out.findings)
+    report.write_csv(report.findings(summary, correct, verdicts), out.findings)
     report.privacy_utility_plot(summary, out.privacy_utility)
     for path in (out.reconstructions, out.utility, out.summary, out.findings, out.privacy_utility):
         run.log_artifact(path)

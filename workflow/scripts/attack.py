@@ -6,7 +6,7 @@ from ppp.models import PrecodeSpec
 from ppp.seeding import derive_seed
 
 p, w = snakemake.params, snakemake.wildcards
-with job(snakemake, {"attack": p.attack_options}) as run:
+with job(snakemake, {"attack": p.attack_options, "model_mode": p.model_mode}) as run:
     def progress(step, losses):
         logging.info("iteration %d: gradient loss mean %.4f, min %.4f", step, float(losses.mean()), float(losses.min()))
         run.log_metrics({"gradient_loss_mean": float(losses.mean())}, step=step)
@@ -15,7 +15,8 @@ with job(snakemake, {"attack": p.attack_options}) as run:
     summary = stages.run_attack(
         w.arch, w.attack, p.attack_options, p.has_precode, snakemake.input.model, snakemake.input.meta,
         snakemake.input.gradients, p.model_options, PrecodeSpec(**p.precode), seed,
-        stages.resolve_device(p.device), snakemake.output.reconstructions, progress=progress)
+        stages.resolve_device(p.device), snakemake.output.reconstructions, progress=progress,
+        model_mode=p.model_mode)
     run.log_metrics({"attack_seconds": summary["seconds"], "final_gradient_loss": summary["gradient_loss_mean"],
                      "peak_memory_mb": summary["peak_memory_mb"]})
     run.set_tags({"attack_engine": summary["engine"]})

@@ -1,0 +1,66 @@
+import numpy as np
+import pandas as pd
+
+from ppp.report import Verdicts, findings, paired_accuracy_drop
+
+
+def _summary(cells):
+    rows = [dict(dataset="mnist", arch="lenet", model_state="init", defense=d, noise_scale=s, attack=a,
+                 psnr_median=p, ssim_median=q, test_accuracy=acc) for d, s, a, p, q, acc in cells]
+    return pd.DataFrame(rows)
+
+
+def _correct(accuracy, n=1000):
+    hits = np.zeros(n)
+    hits[: int(round(accuracy * n))] = 1
+    return hits
+
+
+CELLS = [
+    ("none", 0.0, "ig", 30.0, 0.95, 0.90),
+    ("precode", 0.0, "ig", 10.0, 0.05, 0.90),
+    ("precode", 0.0, "ig_targeted", 25.0, 0.80, 0.90),
+    ("noise", 0.01, "ig", 28.0, 0.90, 0.89),
+    ("noise", 0.1, "ig", 26.0, 0.45, 0.80),   # SSIM below 0.5 but only 4 dB below: does not protect
+    ("noise", 1.0, "ig", 9.0, 0.02, 0.40),
+    ("ppp", 0.01, "ig", 10.0, 0.05, 0.89),
+    ("ppp", 0.01, "ig_targeted", 24.0, 0.70, 0.89),
+    ("ppp", 0.1, "ig", 10.0, 0.05, 0.88),
+    ("ppp", 0.1, "ig_targeted", 12.0, 0.10, 0.88),
+    ("ppp", 1.0, "ig", 9.0, 0.02, 0.60),
+    ("ppp", 1.0, "ig_targeted", 9.0, 0.02, 0.60),
+]
+
+
+def test_findings_find_the_smallest_protecting_sigma_and_judge_each_claim():
+    correct = {("mnist", "lenet", d, s): _correct(acc) for d, s, _, _, _, acc in CELLS}
+    row = findings(_summary(CELLS), correct, Verdicts()).iloc[0]
+    assert row.F1_ig_leaks_undefended and row.F2_targeted_breaks_precode_ig_does_not
+    assert row.ppp_protecting_sigma == 0.1 and row.noise_protecting_sigma == 1.0
+    assert row.ppp_strongest_attack == "ig_targeted" and row.psnr_strongest_ppp == 12.0
+    assert row.F3_ppp_defeats_every_attack and row.ppp_needs_less_noise
+    assert abs(row.acc_drop_ppp - 0.02) < 1e-9 and row.F4_ppp_keeps_accuracy
+    assert abs(row.acc_drop_noise - 0.50) < 1e-9
+
+
+def test_a_strong_attack_on_every_sigma_means_no_protection_and_no_accuracy_claim():
+    cells = [c if c[0] != "ppp" or c[2] != "ig_targeted" else (*c[:3], 26.0, 0.8, c[5]) for c in CELLS]
+    row = findings(_summary(cells), {}, Verdicts()).iloc[0]
+    assert np.isnan(row.ppp_protecting_sigma)
+    assert row.ppp_sigma_shown == 1.0  # the largest sigma is shown when none protects
+    assert not row.F3_ppp_defeats_every_attack and not row.F4_ppp_keeps_accuracy and not row.ppp_needs_less_noise
+
+
+def test_targeted_attack_that_fails_on_precode_is_no_finding():
+    cells = [c if c[:3] != ("precode", 0.0, "ig_targeted") else (*c[:3], 11.0, 0.1, c[5]) for c in CELLS]
+    row = findings(_summary(cells), {}, Verdicts()).iloc[0]
+    assert not row.F2_targeted_breaks_precode_ig_does_not and not row.F3_ppp_defeats_every_attack
+
+
+def test_paired_accuracy_drop_interval_is_tight_for_nearly_identical_models():
+    a = _correct(0.90)
+    b = a.copy()
+    b[:10] = 0  # ten examples lost: one point
+    drop, low, high = paired_accuracy_drop(a, b)
+    assert abs(drop - 0.01) < 1e-12 and 0 < low < drop < high < 0.02
+    assert np.isnan(paired_accuracy_drop(a, None)[0])
