@@ -196,18 +196,19 @@ def findings(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: 
             row[f"acc_drop_{defense}"], row[f"acc_drop_{defense}_ci_low"], row[f"acc_drop_{defense}_ci_high"] = drop, low, high
         row.update(acc_none=accuracy("none"), acc_precode=accuracy("precode"))
         works = row["ssim_ig_none"] >= verdicts.success_ssim
+        # PPP's protection means something only where the targeted attack breaks PRECODE (else there is
+        # nothing to defeat); its accuracy and its noise against full noise are read only there.
+        ppp_defeats = bool(np.isfinite(row["ppp_protecting_sigma"])
+                           and row["ssim_targeted_precode"] >= verdicts.success_ssim)
         row.update(
             F1_ig_leaks_undefended=bool(works),
             F2_targeted_breaks_precode_ig_does_not=bool(
                 row["ssim_ig_precode"] < verdicts.success_ssim
                 and row["ssim_targeted_precode"] >= verdicts.success_ssim
                 and row["psnr_targeted_precode"] - row["psnr_ig_precode"] >= verdicts.margin_db),
-            # Only meaningful where the targeted attack breaks PRECODE: else there is nothing to defeat.
-            F3_ppp_defeats_every_attack=bool(np.isfinite(row["ppp_protecting_sigma"])
-                                             and row["ssim_targeted_precode"] >= verdicts.success_ssim),
-            F4_ppp_keeps_accuracy=bool(np.isfinite(row["ppp_protecting_sigma"])
-                                       and row["acc_drop_ppp"] <= verdicts.max_accuracy_drop),
-            ppp_needs_less_noise=bool(np.isfinite(row["ppp_protecting_sigma"])
+            F3_ppp_defeats_every_attack=ppp_defeats,
+            F4_ppp_keeps_accuracy=bool(ppp_defeats and row["acc_drop_ppp"] <= verdicts.max_accuracy_drop),
+            ppp_needs_less_noise=bool(ppp_defeats and works
                                       and not row["noise_protecting_sigma"] <= row["ppp_protecting_sigma"]),
         )
         rows.append(row)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from ppp.attacks import ServerView, build_attack, infer_labels
 from ppp.attacks.engine import GradientMatchingProblem, optimise
@@ -129,22 +130,39 @@ def test_per_layer_objective_samples_precode_noise_per_row(mnist_victims):
     assert losses[0] != losses[1]
 
 
-def test_auto_engine_falls_back_to_vmap_for_batchnorm_in_training_mode():
+def test_auto_engine_takes_per_layer_for_batchnorm2d_in_both_modes():
     from ppp.attacks.engine import choose_engine
+    from ppp.attacks.per_layer import unsupported_reason
 
     lenet = build_model("lenet", (1, 32, 32), 10, (0.1307,), (0.3081,), None, {})
     convnet = build_model("convnet", (1, 32, 32), 10, (0.1307,), (0.3081,), None, {"width": 4})
     assert choose_engine("auto", lenet, select_parameters(lenet, "all")) == "per_layer"
-    assert choose_engine("auto", convnet, select_parameters(convnet, "all")) == "vmap"
+    assert choose_engine("auto", convnet.train(), select_parameters(convnet, "all")) == "per_layer"
     assert choose_engine("auto", convnet.eval(), select_parameters(convnet, "all")) == "per_layer"
-    convnet.train()
     with pytest.raises(ValueError, match="unknown attack engine 'fast'"):
         choose_engine("fast", lenet, select_parameters(lenet, "all"))
-    from ppp.attacks.per_layer import PerLayerObjective
+    # One image's BatchNorm1d statistics are undefined: no per-row rule, the engine falls back to vmap.
+    features = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).train()
+    assert "BatchNorm1d" in unsupported_reason(features, ["0.weight"])
 
-    names = select_parameters(convnet, "all")
-    with pytest.raises(ValueError, match="BatchNorm"):
-        PerLayerObjective(convnet, names, torch.zeros(1, dtype=torch.long), [torch.zeros(1)] * len(names), 0.0)
+
+def test_per_layer_objective_equals_the_loop_on_batchnorm_in_training_mode(mnist_victims):
+    """BatchNorm in training mode on one image per client update: the batched rows must each be
+    normalised by their own statistics (instance normalisation), never by the batch's."""
+    images, labels = mnist_victims[0][:3], mnist_victims[1][:3]
+    with seeded(0):
+        model = build_model("convnet", (1, 32, 32), 10, (0.1307,), (0.3081,), None, {"width": 4})
+    loop, per_layer = _row_objectives(model, images, labels, "all")
+    running_mean = [m.running_mean.clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    x, rows = torch.randn(3, 1, 32, 32), torch.arange(3)
+    losses, grads = per_layer(x, rows)
+    after = [m.running_mean for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(after, running_mean))
+    loop_losses, loop_grads = loop.loop(x, rows)
+    assert torch.allclose(losses, loop_losses, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grads, loop_grads, rtol=1e-4, atol=1e-6)
+    assert all(type(m).forward is nn.BatchNorm2d.forward and "forward" not in vars(m)
+               for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def test_chunks_and_memory_budget_give_the_same_result(mnist_victims):

@@ -52,9 +52,14 @@ def test_a_strong_attack_on_every_sigma_means_no_protection_and_no_accuracy_clai
 
 
 def test_targeted_attack_that_fails_on_precode_is_no_finding():
+    """Where nothing breaks PRECODE, PPP has nothing to defeat: no protection, accuracy or noise claim,
+    although its sigmas 'protect' and its accuracy is fine."""
     cells = [c if c[:3] != ("precode", 0.0, "ig_targeted") else (*c[:3], 11.0, 0.1, c[5]) for c in CELLS]
-    row = findings(_summary(cells), {}, Verdicts()).iloc[0]
+    correct = {("mnist", "lenet", d, s): _correct(acc) for d, s, _, _, _, acc in cells}
+    row = findings(_summary(cells), correct, Verdicts()).iloc[0]
+    assert row.ppp_protecting_sigma == 0.1 and row.acc_drop_ppp <= 0.03
     assert not row.F2_targeted_breaks_precode_ig_does_not and not row.F3_ppp_defeats_every_attack
+    assert not row.F4_ppp_keeps_accuracy and not row.ppp_needs_less_noise
 
 
 def test_paired_accuracy_drop_interval_is_tight_for_nearly_identical_models():

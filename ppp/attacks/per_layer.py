@@ -14,16 +14,21 @@ rule returns the two per-row quantities the cosine distance needs, <gradient, ta
   shared weights, which is where this engine gains over a vmap of the whole objective.
 - GroupNorm's affine gradients are sums of delta times the normalised input, and so are those of
   BatchNorm in evaluation mode (a per-channel affine map with the running statistics).
+- BatchNorm2d in training mode sees one image per client update, so it normalises each channel over
+  that image's own pixels: instance normalisation. The batched forward runs it as such per row (rows
+  must not share statistics), and its affine gradients follow as for GroupNorm.
 
-Unsupported, and then the engine uses vmap instead: BatchNorm in training mode (it normalises over
-the batch, so rows would share statistics), any other layer type owning a matched parameter, grouped
-or non-zero-padded convolutions, and a matched layer that runs more than once per forward.
+Unsupported, and then the engine uses vmap instead: BatchNorm1d/3d in training mode, any other layer
+type owning a matched parameter, grouped or non-zero-padded convolutions, and a matched layer that
+runs more than once per forward.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+import contextlib
 
 import torch
 from torch import nn
@@ -166,13 +171,36 @@ def group_norm_weight_terms(layer: nn.GroupNorm, inputs: torch.Tensor, delta: to
     return _dot_and_square((delta * normalised).flatten(2).sum(2), target)
 
 
+def _uses_own_statistics(layer: nn.Module) -> bool:
+    """BatchNorm that normalises with the batch's statistics: training mode, or no running statistics."""
+    return isinstance(layer, nn.modules.batchnorm._BatchNorm) and (layer.training or layer.running_mean is None)
+
+
 @layer_rule(nn.modules.batchnorm._BatchNorm, channel_axis=1)
-def batch_norm_eval_weight_terms(layer: nn.modules.batchnorm._BatchNorm, inputs: torch.Tensor,
-                                 delta: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # Evaluation mode only (unsupported_reason refuses the rest): the running statistics, per channel.
-    shape = (1, -1) + (1,) * (inputs.dim() - 2)
-    normalised = (inputs - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
+def batch_norm_weight_terms(layer: nn.modules.batchnorm._BatchNorm, inputs: torch.Tensor,
+                            delta: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if _uses_own_statistics(layer):  # BatchNorm2d on one image per row (unsupported_reason refuses 1d/3d)
+        normalised = F.instance_norm(inputs, eps=layer.eps)
+    else:  # the running statistics, per channel
+        shape = (1, -1) + (1,) * (inputs.dim() - 2)
+        normalised = (inputs - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
     return _dot_and_square((delta * normalised).flatten(2).sum(2), target)
+
+
+@contextlib.contextmanager
+def per_row_batch_norm(model: nn.Module):
+    """Run training-mode BatchNorm2d layers as instance normalisation, so that each row of a batched
+    forward is normalised by its own statistics, as a client's update on that one image is. Running
+    statistics are not updated (the attack must not change the model)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and _uses_own_statistics(m)]
+    for layer in layers:
+        layer.forward = (lambda module: lambda x: F.instance_norm(
+            x, weight=module.weight, bias=module.bias, eps=module.eps))(layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 def _rule_for(layer: nn.Module) -> LayerRule | None:
@@ -186,9 +214,9 @@ def unsupported_reason(model: nn.Module, names: list[str]) -> str | None:
     """Why the per-layer engine cannot compute this model's matched gradients, or None if it can."""
     modules = dict(model.named_modules())
     for name, module in modules.items():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_mean is None):
-            return (f"{name} is BatchNorm in training mode, which normalises over the batch (rows would "
-                    f"share statistics)")
+        if _uses_own_statistics(module) and not isinstance(module, nn.BatchNorm2d):
+            return (f"{name} is {type(module).__name__} in training mode; only BatchNorm2d has a per-row "
+                    f"rule (instance normalisation over one image)")
     for parameter in names:
         owner, _, kind = parameter.rpartition(".")
         module = modules.get(owner)
@@ -248,7 +276,7 @@ class PerLayerObjective:
 
         handles = [layer.register_forward_hook(capture(name)) for name, layer in self.layers.items()]
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), per_row_batch_norm(self.model):
                 # training_loss averages per-image terms (cross-entropy, PRECODE's KL), so n times it is
                 # the sum of the rows' own losses and its output gradients are each row's own.
                 loss = len(rows) * training_loss(self.model, images * self.std + self.mean, self.labels[select])
