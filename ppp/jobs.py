@@ -1,4 +1,4 @@
-"""What every workflow job does around its stage: threads, logging to the rule's log, the MLflow run.
+"""What every workflow job does around its stage: threads, logging to the rule's log, the run record.
 
 Takes Snakemake's `snakemake` object duck-typed (input, output, params, wildcards, threads, log, rule),
 so the library still never imports Snakemake.
@@ -14,7 +14,9 @@ from typing import Iterator
 
 import torch
 
-from ppp.tracking import JobRun, resolve_tracking_uri
+from ppp.tracking import JobRecord, resolve_tracking_uri
+
+RECORDS_DIR = "results/mlflow/records"
 
 
 def configure(threads: int, log_path: str | None) -> None:
@@ -29,21 +31,21 @@ def configure(threads: int, log_path: str | None) -> None:
 
 
 @contextlib.contextmanager
-def job(smk, params: dict | None = None) -> Iterator[JobRun]:
-    """Set up a job from the snakemake object and yield its MLflow run (a no-op when tracking is off)."""
+def job(smk, params: dict | None = None) -> Iterator[JobRecord]:
+    """Set up a job from the snakemake object and yield its run record (mirrored to MLflow when the
+    workflow ends; nothing is recorded when tracking is off)."""
     configure(smk.threads, smk.log[0] if len(smk.log) else None)
     wildcards = {k: v for k, v in smk.wildcards.items()}
-    tracking = tracking_settings(smk.config)
+    enabled = smk.config.get("mlflow", {}).get("enabled", True)
     tags = {"rule": smk.rule, **{f"wildcard.{k}": v for k, v in wildcards.items()}}
     run_name = "/".join([smk.rule] + [str(v) for v in wildcards.values()])
-    with JobRun(tracking["uri"], tracking["experiment"], run_name, tags,
-                {**wildcards, **(params or {})}) as run:
+    with JobRecord(RECORDS_DIR if enabled else None, run_name, tags, {**wildcards, **(params or {})}) as run:
         yield run
 
 
 def tracking_settings(config: dict) -> dict:
-    """Where jobs log; read from the config at run time (not a rule param, so changing the tracking
-    server never re-runs finished jobs)."""
+    """Where the mirror logs; read from the config at run time (not a rule param, so changing the
+    tracking server never re-runs finished jobs)."""
     mlflow_config = config.get("mlflow", {})
     if not mlflow_config.get("enabled", True):
         return {"uri": None, "experiment": None}

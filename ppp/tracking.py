@@ -1,13 +1,20 @@
-"""The MLflow mirror: one run per workflow job, tagged with its rule and wildcards.
+"""The MLflow mirror: every workflow job leaves a run record; one process mirrors them to MLflow.
 
-Files under results/ are the truth; this only mirrors them. Any logging failure becomes a warning:
-a job never fails, and never loses its files, because tracking failed.
+Files under results/ are the truth; MLflow only mirrors them. A job never imports MLflow: it writes a
+JSON record of its params, tags, metrics and artifacts (`JobRecord`, atomic, under
+results/mlflow/records/), which costs nothing at start-up and cannot race other jobs on the backend.
+Snakemake's `onsuccess`/`onerror` handlers then call `mirror_records` once per invocation, which logs the
+records not yet mirrored as runs nested under one parent run for that invocation. Any logging failure
+becomes a warning: a job never fails, and never loses its files, because tracking failed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,9 +44,8 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def init_backend(tracking_uri: str, experiment: str, artifact_root: str | os.PathLike | None) -> str:
-    """Create the backend (database schema) and the experiment once, before parallel jobs log.
-
-    Returns the experiment id. Unlike the per-job mirror, failures here raise: this is the setup job."""
+    """Create the backend (database schema) and the experiment if they do not exist; the experiment id.
+    Failures raise (mirror_records turns them into a warning)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -52,75 +58,113 @@ def init_backend(tracking_uri: str, experiment: str, artifact_root: str | os.Pat
     return client.create_experiment(experiment, artifact_location=location)
 
 
-class JobRun:
-    """Context manager: an MLflow run for one job; every method warns instead of raising."""
+def _record_file_name(run_name: str) -> str:
+    return run_name.replace("/", "__").replace(os.sep, "__") + ".json"
 
-    def __init__(self, tracking_uri: str | None, experiment: str, run_name: str,
+
+class JobRecord:
+    """Context manager: the run record of one job, written (atomically) when the job ends, with status
+    FINISHED or FAILED. Methods only collect; nothing here can fail a job."""
+
+    def __init__(self, records_dir: str | os.PathLike | None, run_name: str,
                  tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None):
-        self.tracking_uri = tracking_uri
-        self.experiment = experiment
+        self.path = Path(records_dir) / _record_file_name(run_name) if records_dir else None
         self.run_name = run_name
         self.tags = {k: str(v) for k, v in (tags or {}).items()}
         self.params = flatten(params or {})
-        self.client = None
-        self.run_id: str | None = None
+        self.metrics: list[tuple[str, float, int, int]] = []  # key, value, timestamp ms, step
+        self.artifacts: list[tuple[str, str | None]] = []
+        self.start_ms = int(time.time() * 1000)
 
-    def _warn(self, what: str, err: BaseException) -> None:
-        log.warning("MLflow %s failed (results on disk are unaffected): %s: %s", what, type(err).__name__, err)
-
-    def __enter__(self) -> "JobRun":
-        if not self.tracking_uri:
-            return self
-        try:
-            from mlflow.entities import Param
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(self.tracking_uri)
-            experiment = client.get_experiment_by_name(self.experiment)
-            experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.experiment)
-            run = client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
-            self.client, self.run_id = client, run.info.run_id
-            params = [Param(k, v) for k, v in self.params.items()]
-            for start in range(0, len(params), 100):
-                client.log_batch(self.run_id, params=params[start:start + 100])
-        except Exception as err:  # noqa: BLE001 - the mirror must never fail a job
-            self._warn("run start", err)
+    def __enter__(self) -> "JobRecord":
         return self
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if self.client is None:
-            return
-        try:
-            from mlflow.entities import Metric
-            import time
-
-            now = int(time.time() * 1000)
-            batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-            self.client.log_batch(self.run_id, metrics=batch)
-        except Exception as err:  # noqa: BLE001
-            self._warn("metric logging", err)
+        now = int(time.time() * 1000)
+        self.metrics.extend((k, float(v), now, int(step or 0)) for k, v in metrics.items())
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if self.client is None:
-            return
-        try:
-            for key, value in tags.items():
-                self.client.set_tag(self.run_id, key, str(value))
-        except Exception as err:  # noqa: BLE001
-            self._warn("tagging", err)
+        self.tags.update({k: str(v) for k, v in tags.items()})
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        if self.client is None:
-            return
-        try:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
-        except Exception as err:  # noqa: BLE001
-            self._warn(f"artifact logging of {path}", err)
+        self.artifacts.append((str(Path(path).resolve()), artifact_path))
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.client is None:
+        if self.path is None:
             return
+        from ppp.io import write_json
+
+        record = dict(record_id=uuid.uuid4().hex, run_name=self.run_name, tags=self.tags, params=self.params,
+                      metrics=self.metrics, artifacts=self.artifacts, start_ms=self.start_ms,
+                      end_ms=int(time.time() * 1000), status="FAILED" if exc_type else "FINISHED")
         try:
-            self.client.set_terminated(self.run_id, status="FAILED" if exc_type else "FINISHED")
-        except Exception as err:  # noqa: BLE001
-            self._warn("run end", err)
+            write_json(self.path, record)
+        except Exception as err:  # noqa: BLE001 - the mirror must never fail a job
+            log.warning("run record %s could not be written (results are unaffected): %s", self.path, err)
+
+
+def _read_records(records_dir: Path) -> list[dict]:
+    records = []
+    for path in sorted(records_dir.glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("skipping unreadable run record %s: %s", path, err)
+    return records
+
+
+def mirror_records(records_dir: str | os.PathLike, tracking_uri: str, experiment: str,
+                   artifact_root: str | os.PathLike | None, invocation: Mapping[str, Any] | None = None,
+                   ) -> str | None:
+    """Log every record not mirrored before as a run nested under one new parent run (the workflow
+    invocation); returns the parent run's id, or None when there was nothing new or MLflow failed.
+
+    Which records are mirrored is kept in `mirrored.json` beside the records directory, so a re-run
+    mirrors only the jobs it ran. Failures are warnings: the records stay and the next call retries."""
+    records_dir = Path(records_dir)
+    ledger_path = records_dir.parent / "mirrored.json"
+    try:
+        mirrored = set(json.loads(ledger_path.read_text())) if ledger_path.exists() else set()
+    except (OSError, json.JSONDecodeError):
+        mirrored = set()
+    pending = [r for r in _read_records(records_dir) if r.get("record_id") not in mirrored] \
+        if records_dir.is_dir() else []
+    if not pending:
+        return None
+    from ppp.io import write_json
+
+    try:
+        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.tracking import MlflowClient
+
+        experiment_id = init_backend(tracking_uri, experiment, artifact_root)
+        client = MlflowClient(tracking_uri)
+        info = {k: str(v) for k, v in (invocation or {}).items()}
+        parent = client.create_run(experiment_id, run_name=info.pop("run_name", "snakemake"),
+                                   start_time=min(r["start_ms"] for r in pending),
+                                   tags={"ppp.kind": "invocation", **info})
+        parent_id = parent.info.run_id
+        failed = False
+        for record in sorted(pending, key=lambda r: r["start_ms"]):
+            tags = {**record["tags"], "mlflow.parentRunId": parent_id}
+            run = client.create_run(experiment_id, run_name=record["run_name"], start_time=record["start_ms"],
+                                    tags=tags)
+            run_id = run.info.run_id
+            params = [Param(k, v) for k, v in record["params"].items()]
+            metrics = [Metric(k, v, ts, step) for k, v, ts, step in record["metrics"]]
+            for start in range(0, max(len(params), len(metrics)), 100):
+                client.log_batch(run_id, params=params[start:start + 100], metrics=metrics[start:start + 100])
+            for path, artifact_path in record["artifacts"]:
+                if Path(path).exists():
+                    client.log_artifact(run_id, path, artifact_path)
+            client.set_terminated(run_id, status=record["status"], end_time=record["end_ms"])
+            failed = failed or record["status"] != "FINISHED"
+            mirrored.add(record["record_id"])
+            write_json(ledger_path, sorted(mirrored))
+        client.set_terminated(parent_id, status="FAILED" if failed else "FINISHED",
+                              end_time=max(r["end_ms"] for r in pending))
+        return parent_id
+    except Exception as err:  # noqa: BLE001 - the mirror must never fail the workflow
+        log.warning("MLflow mirror failed (results on disk are unaffected; the next run retries): %s: %s",
+                    type(err).__name__, err)
+        return None

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from ppp.config import ConfigError, validate_config
-from ppp.tracking import JobRun, init_backend, sqlite_uri
+from ppp.tracking import JobRecord, mirror_records, sqlite_uri
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,30 +38,46 @@ def test_enum_errors_say_what_is_allowed():
         validate_config(copy.deepcopy(config))
 
 
-def test_job_run_logs_to_sqlite(tmp_path):
+def test_job_records_are_mirrored_once_nested_under_one_invocation(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    uri = sqlite_uri(tmp_path / "m.db")
-    init_backend(uri, "exp", tmp_path / "artifacts")
+    records, uri = tmp_path / "records", sqlite_uri(tmp_path / "m.db")
     artifact = tmp_path / "table.csv"
     artifact.write_text("a,b\n1,2\n")
-    with JobRun(uri, "exp", "attack/mnist", {"rule": "attack"}, {"attack": {"iterations": 5}}) as run:
-        run.log_metrics({"ssim": 0.5})
+    with JobRecord(records, "attack/mnist/ig", {"rule": "attack"}, {"attack": "ig", "options": {"iterations": 5}}) as run:
+        run.log_metrics({"loss": 0.5}, step=10)
+        run.log_metrics({"ssim": 0.7})
         run.log_artifact(artifact)
+    with pytest.raises(RuntimeError):
+        with JobRecord(records, "train/mnist", {"rule": "train"}):
+            raise RuntimeError("job failed")
+    parent_id = mirror_records(records, uri, "exp", tmp_path / "artifacts", {"run_name": "snakemake now"})
     client = MlflowClient(uri)
-    logged = client.get_run(run.run_id)
-    assert logged.data.params["attack.iterations"] == "5"
-    assert logged.data.metrics["ssim"] == 0.5 and logged.data.tags["rule"] == "attack"
-    assert logged.info.status == "FINISHED"
-    assert [a.path for a in client.list_artifacts(run.run_id)] == ["table.csv"]
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("exp").experiment_id])}
+    assert set(runs) == {"snakemake now", "attack/mnist/ig", "train/mnist"}
+    attack = runs["attack/mnist/ig"]
+    assert attack.data.tags["mlflow.parentRunId"] == parent_id == runs["snakemake now"].info.run_id
+    assert attack.data.params["attack"] == "ig" and attack.data.params["options.iterations"] == "5"
+    assert attack.data.metrics["ssim"] == 0.7 and attack.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(attack.info.run_id, "loss")] == [10]
+    assert [a.path for a in client.list_artifacts(attack.info.run_id)] == ["table.csv"]
+    assert runs["train/mnist"].info.status == "FAILED" and runs["snakemake now"].info.status == "FAILED"
+    # A second mirror logs nothing new; a re-run job's new record is mirrored under a new parent.
+    assert mirror_records(records, uri, "exp", tmp_path / "artifacts") is None
+    with JobRecord(records, "train/mnist", {"rule": "train"}):
+        pass
+    second = mirror_records(records, uri, "exp", tmp_path / "artifacts")
+    nested = client.search_runs([attack.info.experiment_id], f"tags.mlflow.parentRunId = '{second}'")
+    assert [r.info.run_name for r in nested] == ["train/mnist"] and nested[0].info.status == "FINISHED"
 
 
-def test_job_run_warns_instead_of_failing(tmp_path, caplog):
+def test_mirror_failure_is_a_warning_and_keeps_the_records(tmp_path, caplog):
+    records = tmp_path / "records"
+    with JobRecord(records, "x") as run:
+        run.log_metrics({"a": 1.0})
     blocker = tmp_path / "file"
     blocker.write_text("")
     with caplog.at_level(logging.WARNING):
-        with JobRun(f"sqlite:///{blocker}/sub/m.db", "exp", "x") as run:
-            run.log_metrics({"a": 1.0})
-            run.log_artifact(tmp_path / "missing.csv")
-    assert run.client is None
-    assert "MLflow run start failed" in caplog.text
+        assert mirror_records(records, f"sqlite:///{blocker}/sub/m.db", "exp", None) is None
+    assert "MLflow mirror failed" in caplog.text
+    assert list(records.glob("*.json")) and not (tmp_path / "mirrored.json").exists()

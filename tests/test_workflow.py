@@ -68,17 +68,22 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
         assert (workdir / "results" / "plots" / plot).stat().st_size > 1000
 
 
-def test_every_job_is_an_mlflow_run(finished_run):
+def test_every_job_is_an_mlflow_run_nested_under_the_invocation(finished_run):
     from mlflow.tracking import MlflowClient
 
     workdir, _ = finished_run
     client = MlflowClient(f"sqlite:///{workdir / 'results' / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ppp")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    rules = {r.data.tags["rule"] for r in runs}
+    parents = [r for r in runs if r.data.tags.get("ppp.kind") == "invocation"]
+    assert len(parents) == 1  # the re-run test below runs after this one and only dry-runs
+    jobs = [r for r in runs if r not in parents]
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in jobs)
+    rules = {r.data.tags["rule"] for r in jobs}
     assert {"prepare_data", "train", "capture", "attack", "evaluate", "aggregate"} <= rules
-    attack_runs = [r for r in runs if r.data.tags["rule"] == "attack"]
+    attack_runs = [r for r in jobs if r.data.tags["rule"] == "attack"]
     assert len(attack_runs) == 6 and all("wildcard.defense" in r.data.tags for r in attack_runs)
+    assert {r.data.params["attack"] for r in attack_runs} == {"ig", "ig_targeted"}
     assert all(r.info.status == "FINISHED" for r in runs)
 
 

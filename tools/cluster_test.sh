@@ -142,7 +142,7 @@ log = open(f"{work}/cluster.log").read()
 submitted = set(re.findall(r"SLURM jobid (\d+)", log)) | set(re.findall(r"SLURM run ID: \S+.*?jobid (\d+)", log))
 stats = log.split("Job stats:")[1].split("total")[0]
 counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stats, re.M)}
-local_rules = {"mlflow_init", "aggregate", "all"}
+local_rules = {"aggregate", "all"}
 expected = sum(n for rule, n in counts.items() if rule not in local_rules)
 assert len(submitted) == expected, f"{len(submitted)} SLURM jobs submitted, {expected} expected: {counts}"
 print(f"cluster-test: {expected} jobs went through sbatch ({len(submitted)} SLURM job ids)")
@@ -154,8 +154,11 @@ print("cluster-test: tables equal the local run's")
 client = MlflowClient(f"http://127.0.0.1:{port}")
 experiment = client.get_experiment_by_name("ppp")
 runs = client.search_runs([experiment.experiment_id], max_results=1000)
-rules = sorted({r.data.tags.get("rule") for r in runs})
-assert len(runs) >= expected and all(r.info.status == "FINISHED" for r in runs), (len(runs), rules)
-print(f"cluster-test: {len(runs)} MLflow runs in the server ({', '.join(rules)})")
+parents = [r for r in runs if r.data.tags.get("ppp.kind") == "invocation"]
+jobs = [r for r in runs if "rule" in r.data.tags]
+rules = sorted({r.data.tags["rule"] for r in jobs})
+assert len(parents) == 1 and all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in jobs)
+assert len(jobs) >= expected and all(r.info.status == "FINISHED" for r in runs), (len(jobs), rules)
+print(f"cluster-test: {len(jobs)} MLflow runs nested under one invocation in the server ({', '.join(rules)})")
 PYCHECK
 echo "cluster-test: passed"

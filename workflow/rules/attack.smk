@@ -3,7 +3,6 @@ rule attack:
         gradients=f"{RESULTS}/gradients/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/{{state}}.safetensors",
         model=model_state_path,
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
-        tracking=tracking_ready(),
     output:
         reconstructions=f"{RESULTS}/attacks/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/{{state}}/{{attack}}/reconstructions.safetensors",
     params:
@@ -41,7 +40,6 @@ rule evaluate:
     input:
         reconstructions=cell_reconstructions,
         victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
-        tracking=tracking_ready(),
     output:
         metrics=f"{RESULTS}/eval/{{dataset}}/{{arch}}/{{state}}/metrics.csv",
         grid=report(

@@ -3,7 +3,6 @@ rule capture:
         model=model_state_path,
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
         victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
-        tracking=tracking_ready(),
     output:
         gradients=f"{RESULTS}/gradients/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/{{state}}.safetensors",
     params:

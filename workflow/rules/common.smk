@@ -62,11 +62,6 @@ def model_state_path(wildcards):
     return f"{RESULTS}/models/{wildcards.dataset}/{wildcards.arch}/{wildcards.defense}/{wildcards.sigma}/trained.safetensors"
 
 
-def tracking_ready():
-    """Jobs that log wait for the backend to exist; ancient() so it never triggers re-runs."""
-    return ancient(f"{RESULTS}/mlflow/ready.json") if config["mlflow"]["enabled"] else []
-
-
 def max_victims():
     """Victims prepared per dataset: the most any architecture attacks."""
     return max(victims_per_cell(config, arch) for arch in config["archs"])

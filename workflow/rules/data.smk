@@ -1,7 +1,6 @@
 rule prepare_data:
     input:
         source=data_source_files,
-        tracking=tracking_ready(),
     output:
         train=f"{RESULTS}/data/{{dataset}}/train.safetensors",
         test=f"{RESULTS}/data/{{dataset}}/test.safetensors",
@@ -22,7 +21,6 @@ rule prepare_victims:
     input:
         victims=lambda w: config["datasets"][w.dataset]["victims"],
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
-        tracking=tracking_ready(),
     output:
         victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
     params:

@@ -1,7 +1,6 @@
 rule init_model:
     input:
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
-        tracking=tracking_ready(),
     output:
         model=f"{RESULTS}/models/{{dataset}}/{{arch}}/{{variant}}/init.safetensors",
     params:
@@ -23,7 +22,6 @@ rule train:
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
         train=f"{RESULTS}/data/{{dataset}}/train.safetensors",
         test=f"{RESULTS}/data/{{dataset}}/test.safetensors",
-        tracking=tracking_ready(),
     output:
         model=f"{RESULTS}/models/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/trained.safetensors",
         metrics=f"{RESULTS}/models/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/metrics.json",

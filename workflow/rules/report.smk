@@ -18,7 +18,6 @@ rule aggregate:
     input:
         metrics=evaluation_files(),
         utility=utility_files(),
-        tracking=tracking_ready(),
     output:
         reconstructions=report(f"{RESULTS}/tables/reconstructions.csv", caption="../report/reconstructions.rst", category="Tables"),
         utility=report(f"{RESULTS}/tables/utility.csv", caption="../report/utility.rst", category="Tables"),

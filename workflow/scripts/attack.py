@@ -6,7 +6,7 @@ from ppp.models import PrecodeSpec
 from ppp.seeding import derive_seed
 
 p, w = snakemake.params, snakemake.wildcards
-with job(snakemake, {"attack": p.attack_options, "model_mode": p.model_mode}) as run:
+with job(snakemake, {"attack_options": p.attack_options, "model_mode": p.model_mode}) as run:
     def progress(step, losses):
         logging.info("iteration %d: gradient loss mean %.4f, min %.4f", step, float(losses.mean()), float(losses.min()))
         run.log_metrics({"gradient_loss_mean": float(losses.mean())}, step=step)
