@@ -45,6 +45,23 @@ def preset_settings(config_path, arch: str, overrides: dict) -> dict:
                 model_mode=overrides.get("model_mode") or model_mode(config, arch))
 
 
+def flops_per_victim_iteration(model, names: list[str], gradients: dict, image: "torch.Tensor",
+                               label: "torch.Tensor", tv_weight: float) -> int:
+    """FLOPs of one victim's attack iteration as the math states it (torch's FLOP counter over the loop
+    formulation: forward, backward with a graph, and the backward to the image); the same for every
+    engine, so achieved GFLOP/s compare across engines and against the machine's peak."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ppp.attacks.engine import RowObjective
+
+    objective = RowObjective(model, names, label[:1], [gradients[n][:1] for n in names], tv_weight)
+    x = ((image[:1] - model.mean[0]) / model.std[0]).detach()
+    with FlopCounterMode(display=False) as counter:
+        objective.loop(x, torch.arange(1))
+    return int(counter.get_total_flops())
+
+
 def _run_mode(args: dict, mode: str) -> list[dict]:
     import torch
 
@@ -82,6 +99,12 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             grads = shared_gradient(model, images[i:i + 1].to(device), labels[i:i + 1].to(device))
         per_victim.append(defense(grads, groups, generator(derive_seed(args["seed"], "noise", i), device)))
     gradients = {n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}
+    from ppp.attacks.inverting_gradients import ATTACKS
+    from ppp.gradients import select_parameters
+
+    matched = select_parameters(model, ATTACKS[args["attack"]]["selection"], settings["attack"].get("keep_encoder", False))
+    flops = flops_per_victim_iteration(model, matched, gradients, images[:1].to(device), labels[:1].to(device),
+                                       settings["attack"].get("tv_weight", 0.0))
     lines = []
     for iterations in args["iterations"]:
         attack = build_attack(args["attack"], **{**settings["attack"], "iterations": iterations, "progress_every": 0,
@@ -117,6 +140,8 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             keep_encoder=settings["attack"].get("keep_encoder"),
             device=str(device), threads=args["threads"], seconds=round(seconds, 3),
             victim_iterations_per_second=round(n * iterations / seconds, 2),
+            gflop_per_victim_iteration=round(flops / 1e9, 4),
+            achieved_gflops=round(flops * n * iterations / seconds / 1e9, 2),
             peak_memory_mb=round(peak_memory_mb(device), 1),
             mean_psnr=round(float(psnr.mean()), 3), median_psnr=round(float(psnr.median()), 3),
             mean_ssim=round(float(ssim.mean()), 4), median_ssim=round(float(ssim.median()), 4),
