@@ -106,7 +106,7 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
     flops = flops_per_victim_iteration(model, matched, gradients, images[:1].to(device), labels[:1].to(device),
                                        settings["attack"].get("tv_weight", 0.0))
     lines = []
-    for iterations in args["iterations"]:
+    for iterations in args["iterations"] or [int(settings["attack"].get("iterations", 100))]:
         attack = build_attack(args["attack"], **{**settings["attack"], "iterations": iterations, "progress_every": 0,
                                                  "engine": args["engine"] if mode == "batched" else "loop",
                                                  "batch_size": args["batch_size"]})
@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma", type=float, default=0.0, help="noise scale for noise and ppp")
     parser.add_argument("--attack", default="ig", choices=["ig", "ig_targeted"])
     parser.add_argument("--victims", type=int, default=16)
-    parser.add_argument("--iterations", type=_int_list, default=[100],
-                        help="attack iterations; a comma list (50,100,200) runs one attack per budget")
+    parser.add_argument("--iterations", type=_int_list, default=None,
+                        help="attack iterations; a comma list (50,100,200) runs one attack per budget "
+                             "(default: the preset's for the architecture)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--mode", default="both", choices=["both", "batched", "sequential"])
     parser.add_argument("--engine", default="auto", choices=["auto", "per_layer", "vmap"],
