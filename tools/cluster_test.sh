@@ -143,11 +143,9 @@ submitted = set(re.findall(r"SLURM jobid (\d+)", log)) | set(re.findall(r"SLURM 
 stats = log.split("Job stats:")[1].split("total")[0]
 counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stats, re.M)}
 local_rules = {"aggregate", "all"}
-grouped_rules = {"init_model", "capture", "evaluate"}  # the profile's `groups:` submit these together
 expected = sum(n for rule, n in counts.items() if rule not in local_rules)
-alone = sum(n for rule, n in counts.items() if rule not in local_rules | grouped_rules)
-assert alone < len(submitted) < expected, f"{len(submitted)} SLURM jobs submitted for {expected} jobs: {counts}"
-print(f"cluster-test: {expected} jobs went through sbatch as {len(submitted)} SLURM jobs (short ones grouped)")
+assert len(submitted) == expected, f"{len(submitted)} SLURM jobs submitted, {expected} expected: {counts}"
+print(f"cluster-test: {expected} jobs went through sbatch ({len(submitted)} SLURM job ids)")
 for table in ("reconstructions", "utility", "summary"):
     a = pd.read_csv(f"{work}/local/results/tables/{table}.csv")
     b = pd.read_csv(f"{work}/cluster/results/tables/{table}.csv")
