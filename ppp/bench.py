@@ -66,10 +66,10 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
     import torch
 
     from ppp.attacks.engine import ServerView
-    from ppp.attacks.inverting_gradients import build_attack
+    from ppp.attacks.inverting_gradients import ATTACKS, build_attack
     from ppp.data import DATASETS, REPO_ROOT, load_victims
     from ppp.defenses import build_defense
-    from ppp.gradients import set_model_mode, shared_gradient
+    from ppp.gradients import select_parameters, set_model_mode, shared_gradient
     from ppp.metrics import image_metrics
     from ppp.models import PrecodeSpec, build_model
     from ppp.seeding import derive_seed, generator, seeded
@@ -99,9 +99,6 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             grads = shared_gradient(model, images[i:i + 1].to(device), labels[i:i + 1].to(device))
         per_victim.append(defense(grads, groups, generator(derive_seed(args["seed"], "noise", i), device)))
     gradients = {n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}
-    from ppp.attacks.inverting_gradients import ATTACKS
-    from ppp.gradients import select_parameters
-
     matched = select_parameters(model, ATTACKS[args["attack"]]["selection"], settings["attack"].get("keep_encoder", False))
     flops = flops_per_victim_iteration(model, matched, gradients, images[:1].to(device), labels[:1].to(device),
                                        settings["attack"].get("tv_weight", 0.0))

@@ -23,7 +23,7 @@ from ppp.io import ArtifactError, load_tensors, read_json, save_tensors, sha256,
 from ppp.metrics import image_metrics
 from ppp.models import PrecodeSpec, StagedNet, build_model
 from ppp.seeding import derive_seed, generator, seeded
-from ppp.training import TrainingConfig, accuracy, correct_predictions, train
+from ppp.training import TrainingConfig, correct_predictions, train
 
 log = logging.getLogger(__name__)
 GRAD_PREFIX = "grad/"
@@ -118,10 +118,16 @@ def train_model(arch: str, defense_name: str, noise_scale: float, distribution: 
     images, labels = load_split_tensors(train_path)
     test_images, test_labels = load_split_tensors(test_path)
     cell_seed = derive_seed(seed, "train", meta["dataset"], arch, defense_name, noise_scale)
-    # Test accuracy after every epoch, so that a reader sees whether training had levelled off.
-    summary = train(model, defense, images, labels, training, cell_seed, device,
-                    after_epoch=lambda epoch: accuracy(model, test_images, test_labels, device, cell_seed))
-    correct = correct_predictions(model, test_images, test_labels, device, cell_seed)
+    # Test accuracy after every epoch, so that a reader sees whether training had levelled off; the
+    # last epoch's per-example correctness is the trained model's (the test pass is seeded).
+    evaluated = []
+
+    def after_epoch(epoch: int) -> float:
+        evaluated[:] = [correct_predictions(model, test_images, test_labels, device, cell_seed)]
+        return float(evaluated[0].float().mean())
+
+    summary = train(model, defense, images, labels, training, cell_seed, device, after_epoch=after_epoch)
+    correct = evaluated[0] if evaluated else correct_predictions(model, test_images, test_labels, device, cell_seed)
     summary["test_accuracy"] = float(correct.float().mean())
     summary["test_accuracy_per_epoch"] = summary.pop("per_epoch")
     summary["test_correct"] = "".join("1" if c else "0" for c in correct.tolist())
