@@ -76,8 +76,8 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
     from ppp.stages import peak_memory_mb, resolve_device
 
     torch.set_num_threads(args["threads"])
-    # A one-time cost of the process, not of the attack: the first torch.optim optimiser (and torch.func)
-    # imports torch._dynamo, about 1 s here. Paid before the clock starts, in both modes alike.
+    # A one-time cost of the process, not of the attack: torch.func (the vmap engine) imports
+    # torch._dynamo, 1-1.7 s here. Paid before the clock starts, in both modes alike.
     import torch._dynamo  # noqa: F401
     device = resolve_device(args["device"])
     facts = DATASETS[args["dataset"]]

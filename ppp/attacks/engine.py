@@ -30,6 +30,7 @@ from ppp.attacks.objectives import cosine_distance, total_variation
 from ppp.attacks.per_layer import PerLayerObjective, row_selector, unsupported_reason
 from ppp.gradients import set_model_mode, shared_gradient
 from ppp.models import StagedNet
+from ppp.optim import Adam, multistep_lr
 from ppp.precode import code_mode
 from ppp.seeding import derive_seed, generator, seeded
 
@@ -247,9 +248,8 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     per_layer = PerLayerObjective(model, problem.names, row_labels, targets, problem.tv_weight) \
         if engine == "per_layer" else None
 
-    optimizer = torch.optim.Adam([x], lr=problem.lr)
+    optimizer = Adam([x], lr=problem.lr)
     milestones = [round(problem.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if problem.lr_decay else []
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
     def evaluate(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # A single row is faster through plain autograd than through a vmap of one (benchmarks/).
@@ -288,8 +288,8 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             frozen_before = x[~active.to(device)].clone() if not bool(active.all()) else None
             x.grad.zero_()
             x.grad[live.to(device)] = row_grads.sign() if problem.signed else row_grads
+            optimizer.lr = multistep_lr(problem.lr, milestones, step)
             optimizer.step()
-            scheduler.step()
             if frozen_before is not None:  # Adam's momentum would move frozen rows: hold them
                 x[~active.to(device)] = frozen_before
             if problem.boxed:
