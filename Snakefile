@@ -24,7 +24,7 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        tables=expand("results/tables/{table}.csv", table=["reconstructions", "utility", "summary", "findings"]),
+        tables=expand("results/tables/{table}.csv", table=["reconstructions", "utility", "summary", "findings", "worst_case"]),
         privacy_utility="results/plots/privacy_utility.png",
         grids=reconstruction_grids(),
     default_target: True

@@ -30,7 +30,7 @@ def preset_settings(config_path, arch: str, overrides: dict) -> dict:
     the command line's overrides: the benchmark measures what the workflow runs."""
     import yaml
 
-    from ppp.config import attack_options, model_mode, validate_config
+    from ppp.config import attack_options, model_mode, noise_options, validate_config
 
     with open(config_path) as handle:
         config = validate_config(yaml.safe_load(handle))
@@ -39,9 +39,9 @@ def preset_settings(config_path, arch: str, overrides: dict) -> dict:
         model_options["width"] = overrides["width"]
     if overrides.get("init_range") is not None:
         model_options["init_range"] = overrides["init_range"]
-    attack = attack_options(config, arch)
+    attack = attack_options(config, arch, overrides.get("attack"))
     attack.update({k: overrides[k] for k in OVERRIDES if overrides.get(k) is not None})
-    return dict(model_options=model_options, precode=dict(config["precode"]), attack=attack,
+    return dict(model_options=model_options, precode=dict(config["precode"]), attack=attack, noise=noise_options(config),
                 model_mode=overrides.get("model_mode") or model_mode(config, arch))
 
 
@@ -66,7 +66,7 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
     import torch
 
     from ppp.attacks.engine import ServerView
-    from ppp.attacks.inverting_gradients import ATTACKS, build_attack
+    from ppp.attacks.registry import ATTACKS, build_attack
     from ppp.data import DATASETS, REPO_ROOT, load_victims
     from ppp.defenses import build_defense
     from ppp.gradients import select_parameters, set_model_mode, shared_gradient
@@ -86,7 +86,7 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
     images, labels = load_victims(path, args["dataset"], 32)
     first = args["first_victim"]
     images, labels = images[first: first + args["victims"]], labels[first: first + args["victims"]]
-    defense = build_defense(args["defense"], args["sigma"])
+    defense = build_defense(args["defense"], args["sigma"], **settings["noise"])
     precode = PrecodeSpec(**settings["precode"]) if defense.needs_precode else None
     with seeded(args["seed"]):
         model = build_model(args["arch"], images.shape[1:], facts["num_classes"], facts["mean"], facts["std"],
@@ -99,9 +99,12 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             grads = shared_gradient(model, images[i:i + 1].to(device), labels[i:i + 1].to(device))
         per_victim.append(defense(grads, groups, generator(derive_seed(args["seed"], "noise", i), device)))
     gradients = {n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}
-    matched = select_parameters(model, ATTACKS[args["attack"]]["selection"], settings["attack"].get("keep_encoder", False))
-    flops = flops_per_victim_iteration(model, matched, gradients, images[:1].to(device), labels[:1].to(device),
-                                       settings["attack"].get("tv_weight", 0.0))
+    selection = ATTACKS[args["attack"]].fixed.get("selection")
+    flops = None  # counted for the gradient-matching attacks with a fixed selection
+    if selection is not None:
+        matched = select_parameters(model, selection, settings["attack"].get("keep_encoder", False))
+        flops = flops_per_victim_iteration(model, matched, gradients, images[:1].to(device), labels[:1].to(device),
+                                           settings["attack"].get("tv_weight", 0.0))
     lines = []
     for iterations in args["iterations"] or [int(settings["attack"].get("iterations", 100))]:
         attack = build_attack(args["attack"], **{**settings["attack"], "iterations": iterations, "progress_every": 0,
@@ -137,8 +140,8 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             keep_encoder=settings["attack"].get("keep_encoder"),
             device=str(device), threads=args["threads"], seconds=round(seconds, 3),
             victim_iterations_per_second=round(n * iterations / seconds, 2),
-            gflop_per_victim_iteration=round(flops / 1e9, 4),
-            achieved_gflops=round(flops * n * iterations / seconds / 1e9, 2),
+            gflop_per_victim_iteration=round(flops / 1e9, 4) if flops else None,
+            achieved_gflops=round(flops * n * iterations / seconds / 1e9, 2) if flops else None,
             peak_memory_mb=round(peak_memory_mb(device), 1),
             mean_psnr=round(float(psnr.mean()), 3), median_psnr=round(float(psnr.median()), 3),
             mean_ssim=round(float(ssim.mean()), 4), median_ssim=round(float(ssim.median()), 4),
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="mnist", choices=sorted(VICTIM_FILES))
     parser.add_argument("--defense", default="none", choices=["none", "noise", "precode", "ppp"])
     parser.add_argument("--sigma", type=float, default=0.0, help="noise scale for noise and ppp")
-    parser.add_argument("--attack", default="ig", choices=["ig", "ig_targeted"])
+    parser.add_argument("--attack", default="ig", choices=["ig", "ig_targeted", "latent", "analytic"])
     parser.add_argument("--victims", type=int, default=16)
     parser.add_argument("--iterations", type=_int_list, default=None,
                         help="attack iterations; a comma list (50,100,200) runs one attack per budget "
@@ -189,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--victims-file", default=None, help="a victim .npz (default: the authors' set)")
     args = vars(parser.parse_args(argv))
-    if args["attack"] == "ig_targeted" and args["defense"] not in ("precode", "ppp"):
-        parser.error("--attack ig_targeted needs --defense precode or ppp")
+    from ppp.attacks.registry import attack_needs_precode
+    from ppp.defenses import DEFENSES
+    if attack_needs_precode(args["attack"]) and not DEFENSES[args["defense"]].needs_precode:
+        parser.error(f"--attack {args['attack']} needs a PRECODE defence (precode or a ppp variant)")
     modes = ["batched", "sequential"] if args["mode"] == "both" else [args["mode"]]
     context = multiprocessing.get_context("spawn")
     status = 0

@@ -48,12 +48,39 @@ def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     return config
 
 
-def attack_options(config: dict, arch: str) -> dict:
-    """The attack budget for one architecture: defaults, overridden per architecture."""
-    options = {**config.get("attack", {}).get("defaults", {}),
-               **config.get("attack", {}).get("per_arch", {}).get(arch, {})}
+def attack_options(config: dict, arch: str, attack: str | None = None) -> dict:
+    """The options of one attack on one architecture: attack.defaults, overridden by
+    attack.per_arch.<arch>, by attack.per_attack.<attack>, and by attack.per_attack.<attack>.per_arch.<arch>."""
+    section = config.get("attack", {})
+    own = dict(section.get("per_attack", {}).get(attack, {})) if attack else {}
+    own_per_arch = own.pop("per_arch", {})
+    options = {**section.get("defaults", {}), **section.get("per_arch", {}).get(arch, {}), **own,
+               **own_per_arch.get(arch, {})}
     options.pop("victims", None)
     return options
+
+
+def noise_options(config: dict) -> dict:
+    """How noising defences draw: the distribution, whether sigma is relative to each gradient, and
+    DP-SGD's clipping norm and delta."""
+    noise, dp = config.get("noise", {}), config.get("dpsgd", {})
+    return {"distribution": noise.get("distribution", "gaussian"),
+            "relative": noise.get("scale_mode", "absolute") == "relative",
+            "max_grad_norm": float(dp.get("max_grad_norm", 1.0)), "delta": float(dp.get("delta", 1e-5))}
+
+
+def defense_applies(config: dict, arch: str, defense: str) -> bool:
+    """Whether the study runs `defense` on `arch`: every architecture unless defense_archs.<defense>
+    lists them."""
+    return arch in config.get("defense_archs", {}).get(defense, [arch])
+
+
+def defense_scales(config: dict, arch: str, defense: str) -> list[float]:
+    """The sigma grid of one noising defence on one architecture: DP-SGD's noise multipliers
+    (dpsgd.noise_multipliers), else noise_scales."""
+    if defense == "dpsgd":
+        return list(config.get("dpsgd", {}).get("noise_multipliers", [0.5, 1.0]))
+    return noise_scales(config, arch)
 
 
 def victims_per_cell(config: dict, arch: str) -> int:

@@ -1,7 +1,14 @@
 """Defences on the shared gradient: each maps named gradients to defended named gradients.
 
 A defence knows which model variant it needs (`needs_precode`) and which gradients it perturbs,
-chosen from the model's parameter groups. Registry: none, noise, precode, ppp.
+chosen from the parts of the model: the layers before PRECODE, PRECODE's encoder, its decoder, and
+the layers after it. Registry: none, noise, precode, ppp (the paper's: noise before PRECODE only), and
+the PPP variants ppp_encoder (also PRECODE's encoder) and ppp_no_decoder (every gradient except the
+decoder's).
+
+The noise scale is absolute (std sigma) or, with `relative`, relative to each gradient tensor's size:
+std sigma * |g| / sqrt(numel(g)), so that the noise's norm is about sigma times the gradient's and
+sigma means the same across architectures whose gradients differ by orders of magnitude.
 """
 
 from __future__ import annotations
@@ -11,7 +18,19 @@ from typing import ClassVar
 
 import torch
 
-from ppp.models import BEFORE, GROUPS
+from ppp.models import AFTER, BEFORE, PRECODE
+
+# The parts a defence may noise; PRECODE's parameters split into its encoder (before the sampling)
+# and its decoder.
+BEFORE_PART, ENCODER_PART, DECODER_PART, AFTER_PART = "before", "encoder", "decoder", "after"
+PARTS = (BEFORE_PART, ENCODER_PART, DECODER_PART, AFTER_PART)
+
+
+def part_of(name: str, group: str) -> str:
+    """The part of parameter `name` of parameter group `group` (ppp.models: before, precode, after)."""
+    if group == PRECODE:
+        return ENCODER_PART if name.startswith("bottleneck.encoder.") else DECODER_PART
+    return {BEFORE: BEFORE_PART, AFTER: AFTER_PART}[group]
 
 
 def sample_noise(shape: torch.Size, distribution: str, scale: float, generator: torch.Generator,
@@ -32,15 +51,22 @@ class Defense:
 
     noise_scale: float = 0.0
     distribution: str = "gaussian"
+    relative: bool = False  # std sigma * |g| / sqrt(numel) per gradient tensor, instead of sigma
     needs_precode: ClassVar[bool] = False
-    noised_groups: ClassVar[tuple[str, ...]] = ()
+    noised_parts: ClassVar[tuple[str, ...]] = ()
+    per_example: ClassVar[bool] = False  # training clips each example's gradient (DP-SGD)
 
     def __post_init__(self):
         if self.noise_scale < 0:
             raise ValueError(f"noise_scale must be >= 0, got {self.noise_scale}")
 
     def noised_names(self, groups: dict[str, str]) -> list[str]:
-        return [n for n, g in groups.items() if g in self.noised_groups]
+        return [n for n, g in groups.items() if part_of(n, g) in self.noised_parts]
+
+    def scale_for(self, grad: torch.Tensor) -> float | torch.Tensor:
+        if not self.relative:
+            return self.noise_scale
+        return self.noise_scale * grad.norm() / grad.numel() ** 0.5
 
     def __call__(self, grads: dict[str, torch.Tensor], groups: dict[str, str],
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -49,7 +75,7 @@ class Defense:
         # Draw in a fixed (model) order so the same seed gives the same noise.
         for name, grad in grads.items():
             if name in noised:
-                grad = grad + sample_noise(grad.shape, self.distribution, self.noise_scale, generator, grad.device)
+                grad = grad + sample_noise(grad.shape, self.distribution, self.scale_for(grad), generator, grad.device)
             out[name] = grad
         return out
 
@@ -59,7 +85,7 @@ class NoDefense(Defense):
 
 
 class FullNoise(Defense):
-    noised_groups = GROUPS
+    noised_parts = PARTS
 
 
 class Precode(Defense):
@@ -67,10 +93,53 @@ class Precode(Defense):
 
 
 class PartialPerturbation(Defense):
-    """PPP: PRECODE plus noise on only the gradients of the layers before PRECODE."""
+    """PPP as the paper defines it: PRECODE plus noise on only the gradients of the layers before it."""
 
     needs_precode = True
-    noised_groups = (BEFORE,)
+    noised_parts = (BEFORE_PART,)
+
+
+class PartialPerturbationWithEncoder(PartialPerturbation):
+    """PPP whose noise also covers PRECODE's encoder, whose gradient otherwise gives PRECODE's input
+    exactly (the analytic attack, ppp.attacks.analytic)."""
+
+    noised_parts = (BEFORE_PART, ENCODER_PART)
+
+
+class PartialPerturbationNoDecoder(PartialPerturbation):
+    """PPP noising every gradient except PRECODE's decoder's."""
+
+    noised_parts = (BEFORE_PART, ENCODER_PART, AFTER_PART)
+
+
+@dataclass(frozen=True)
+class DPSGD(Defense):
+    """DP-SGD (Abadi et al. 2016) as Opacus computes it: each example's gradient clipped to
+    `max_grad_norm` over all parameters, then Gaussian noise with std `noise_scale` (the noise
+    multiplier) times `max_grad_norm`, averaged over the batch. A captured update is one image, so it
+    is the clipped gradient plus that noise. Training uses Opacus itself (ppp.dpsgd), whose accountant
+    gives epsilon at `delta`."""
+
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    noised_parts = PARTS
+    per_example = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"dpsgd max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.distribution != "gaussian" or self.relative:
+            raise ValueError("dpsgd adds Gaussian noise scaled by the clipping norm (noise.distribution "
+                             "gaussian, noise.scale_mode absolute)")
+
+    def __call__(self, grads: dict[str, torch.Tensor], groups: dict[str, str],
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+        factor = (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)  # Opacus's clip factor
+        std = self.noise_scale * self.max_grad_norm
+        return {name: grad * factor + sample_noise(grad.shape, "gaussian", std, generator, grad.device)
+                for name, grad in grads.items()}
 
 
 DEFENSES: dict[str, type[Defense]] = {
@@ -78,14 +147,21 @@ DEFENSES: dict[str, type[Defense]] = {
     "noise": FullNoise,
     "precode": Precode,
     "ppp": PartialPerturbation,
+    "ppp_encoder": PartialPerturbationWithEncoder,
+    "ppp_no_decoder": PartialPerturbationNoDecoder,
+    "dpsgd": DPSGD,
 }
 
 
-def build_defense(name: str, noise_scale: float = 0.0, distribution: str = "gaussian") -> Defense:
+def build_defense(name: str, noise_scale: float = 0.0, distribution: str = "gaussian",
+                  relative: bool = False, **options) -> Defense:
+    """The defence `name`; `options` (max_grad_norm, delta) go to the defences that take them."""
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; known: {sorted(DEFENSES)}")
-    return DEFENSES[name](noise_scale=float(noise_scale), distribution=distribution)
+    cls = DEFENSES[name]
+    own = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
+    return cls(noise_scale=float(noise_scale), distribution=distribution, relative=bool(relative), **own)
 
 
 def uses_noise(name: str) -> bool:
-    return bool(DEFENSES[name].noised_groups)
+    return bool(DEFENSES[name].noised_parts)

@@ -35,6 +35,9 @@ class VariationalBottleneck(nn.Module):
         # "sample" (the client's and the authors' module), or "mean": the code is the mean, an
         # attacker's choice that makes its own forward pass deterministic (see CODE_MODES).
         self.code_mode = "sample"
+        # The standard-normal draws of the code, one row per image, where an attacker supplies them
+        # (the latent attack optimises them); None: drawn afresh.
+        self.given_noise: torch.Tensor | None = None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch = features.shape[0]
@@ -43,6 +46,8 @@ class VariationalBottleneck(nn.Module):
         std = F.softplus(statistics[:, self.bottleneck_size:] - self.std_offset)
         if self.code_mode == "mean":
             code = mu
+        elif self.given_noise is not None:
+            code = mu + self.given_noise * std
         else:
             # Sampling in evaluation too, as the authors do: the stochastic gradients are the defence.
             code = mu + torch.randn_like(std) * std
@@ -73,6 +78,23 @@ def code_mode(model: nn.Module, mode: str) -> Iterator[None]:
     finally:
         for b, old in zip(bottlenecks, previous):
             b.code_mode = old
+
+
+@contextlib.contextmanager
+def given_noise(model: nn.Module, noise: torch.Tensor) -> Iterator[None]:
+    """Inside the block, every PRECODE bottleneck of `model` forms its code from `noise` (rows, K)
+    instead of fresh draws: code = mean + noise * std, differentiable in `noise`."""
+    bottlenecks = [m for m in model.modules() if isinstance(m, VariationalBottleneck)]
+    if not bottlenecks:
+        raise ValueError("given_noise: the model has no PRECODE bottleneck")
+    previous = [(b.code_mode, b.given_noise) for b in bottlenecks]
+    for b in bottlenecks:
+        b.code_mode, b.given_noise = "sample", noise
+    try:
+        yield
+    finally:
+        for b, (mode, old) in zip(bottlenecks, previous):
+            b.code_mode, b.given_noise = mode, old
 
 
 def kl_to_standard_normal_bits(mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

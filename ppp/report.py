@@ -15,8 +15,9 @@ from ppp.io import atomic_path, read_json
 CELL = ["dataset", "arch", "defense", "noise_scale", "attack", "model_state"]
 RECONSTRUCTION_COLUMNS = CELL + ["victim", "label", "mse", "psnr", "ssim"]
 UTILITY_COLUMNS = ["dataset", "arch", "defense", "noise_scale", "test_accuracy", "test_accuracy_ci95",
-                   "test_examples", "test_accuracy_per_epoch"]
-DEFENSE_ORDER = ["none", "noise", "precode", "ppp"]
+                   "test_examples", "epsilon", "delta", "test_accuracy_per_epoch"]
+DEFENSE_ORDER = ["none", "noise", "precode", "ppp", "ppp_encoder", "ppp_no_decoder", "dpsgd"]
+PPP_VARIANTS = ["ppp", "ppp_encoder", "ppp_no_decoder"]  # "ppp" is the paper's
 MODEL_CELL = ["dataset", "arch", "defense", "noise_scale"]
 
 
@@ -45,6 +46,8 @@ def collect_utility(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, dict[tup
         rows.append(dict(zip(MODEL_CELL, key), test_accuracy=accuracy,
                          test_accuracy_ci95=1.96 * np.sqrt(accuracy * (1 - accuracy) / n) if n else float("nan"),
                          test_examples=n,
+                         epsilon=float(metrics.get("epsilon", float("nan"))),
+                         delta=float(metrics.get("delta", float("nan"))),
                          test_accuracy_per_epoch=";".join(f"{a:.4f}" for a in metrics.get("test_accuracy_per_epoch", []))))
         if n:
             correct[key] = hits
@@ -73,20 +76,70 @@ def summarize(reconstructions: pd.DataFrame, utility: pd.DataFrame, success_ssim
         ssim_mean=("ssim", "mean"), ssim_median=("ssim", "median"),
         success_rate=("ssim", lambda s: float((s >= success_ssim).mean())),
     ).reset_index()
-    summary = summary.merge(utility[MODEL_CELL + ["test_accuracy", "test_accuracy_ci95"]], on=MODEL_CELL, how="left")
+    summary = summary.merge(utility[MODEL_CELL + ["test_accuracy", "test_accuracy_ci95", "epsilon"]], on=MODEL_CELL,
+                            how="left")
     summary["success_ssim_threshold"] = success_ssim
     return summary
 
 
+def strongest_attacks(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per defence cell (dataset, arch, defence, sigma, state): the attack with the highest median SSIM
+    (ties: the higher median PSNR), its medians, and every attack tried there."""
+    ranked = summary.sort_values(["ssim_median", "psnr_median"], ascending=False, kind="stable")
+    keys = ["dataset", "arch", "defense", "noise_scale", "model_state"]
+    best = ranked.groupby(keys, sort=False).head(1).set_index(keys)
+    tried = summary.groupby(keys, sort=False).attack.agg(lambda a: ";".join(sorted(a)))
+    out = pd.DataFrame({
+        "strongest_attack": best.attack, "strongest_psnr_median": best.psnr_median,
+        "strongest_ssim_median": best.ssim_median,
+        "strongest_success_rate": best.success_rate if "success_rate" in best else float("nan"),
+        "attacks_tried": tried.reindex(best.index)})
+    return out.reset_index()
+
+
+def worst_case(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: "Verdicts") -> pd.DataFrame:
+    """One row per defence cell: the strongest attack and its quality, whether the cell is protected
+    (every attack fails: the strongest one's median SSIM below `success_ssim` and its median PSNR at
+    least `margin_db` below IG's on the undefended model), and the test accuracy with its paired drop
+    against the undefended model."""
+    strongest = strongest_attacks(summary)
+    reference = summary[(summary.defense == "none") & (summary.attack == "ig")].set_index(
+        ["dataset", "arch", "model_state"]).psnr_median
+    accuracy = summary.groupby(MODEL_CELL, sort=False).test_accuracy.first()
+    epsilon = summary.groupby(MODEL_CELL, sort=False).epsilon.first() if "epsilon" in summary else pd.Series(dtype=float)
+    rows = []
+    for _, cell in strongest.iterrows():
+        ref = reference.get((cell.dataset, cell.arch, cell.model_state), float("nan"))
+        drop, low, high = paired_accuracy_drop(correct.get((cell.dataset, cell.arch, "none", 0.0)),
+                                               correct.get((cell.dataset, cell.arch, cell.defense, cell.noise_scale)))
+        rows.append(dict(
+            cell.to_dict(), psnr_ig_none=ref,
+            protected=bool(cell.defense != "none" and cell.strongest_ssim_median < verdicts.success_ssim
+                           and ref - cell.strongest_psnr_median >= verdicts.margin_db),
+            test_accuracy=accuracy.get((cell.dataset, cell.arch, cell.defense, cell.noise_scale), float("nan")),
+            epsilon=epsilon.get((cell.dataset, cell.arch, cell.defense, cell.noise_scale), float("nan")),
+            acc_drop=drop, acc_drop_ci_low=low, acc_drop_ci_high=high,
+            within_accuracy=bool(drop <= verdicts.max_accuracy_drop)))
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    order = {d: i for i, d in enumerate(DEFENSE_ORDER)}
+    frame["_order"] = frame.defense.map(lambda d: order.get(d, len(order)))
+    return (frame.sort_values(["dataset", "arch", "model_state", "_order", "noise_scale"], kind="stable")
+            .drop(columns="_order").reset_index(drop=True))
+
+
 def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
-    """Per dataset x architecture: test accuracy against the strongest attack's mean SSIM, one line
-    per defence over its noise scales."""
+    """Per dataset x architecture: test accuracy against the strongest attack's median SSIM (every
+    attack tried on the cell; the point is labelled with sigma and that attack), one line per defence
+    over its noise scales."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    strongest = (summary.groupby(["dataset", "arch", "defense", "noise_scale"], sort=False)
-                 .agg(ssim=("ssim_median", "max"), test_accuracy=("test_accuracy", "first")).reset_index())
+    accuracy = summary.groupby(MODEL_CELL, sort=False).test_accuracy.first().rename("test_accuracy")
+    strongest = (strongest_attacks(summary).rename(columns={"strongest_ssim_median": "ssim"})
+                 .merge(accuracy.reset_index(), on=MODEL_CELL, how="left"))
     datasets, archs = sorted(strongest.dataset.unique()), list(dict.fromkeys(strongest.arch))
     fig, axes = plt.subplots(len(datasets), len(archs), figsize=(3.2 * len(archs), 3.0 * len(datasets)),
                              squeeze=False)
@@ -98,8 +151,8 @@ def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
                 rows = cell[cell.defense == defense].sort_values("noise_scale")
                 ax.plot(rows.test_accuracy, rows.ssim, marker="o", label=defense)
                 for _, row in rows.iterrows():
-                    if row.noise_scale > 0:
-                        ax.annotate(f"{row.noise_scale:g}", (row.test_accuracy, row.ssim), fontsize=6)
+                    label = f"{row.noise_scale:g} " if row.noise_scale > 0 else ""
+                    ax.annotate(label + row.strongest_attack, (row.test_accuracy, row.ssim), fontsize=5)
             ax.set_title(f"{dataset} / {arch}", fontsize=9)
             ax.set_xlabel("test accuracy", fontsize=8)
             ax.set_ylabel("median SSIM, strongest attack", fontsize=8)
@@ -152,10 +205,12 @@ class Verdicts:
 
 def findings(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: Verdicts) -> pd.DataFrame:
     """One row per dataset x architecture x model state: the medians each claim of the paper rests on,
-    the smallest protecting noise scale of full noise and of PPP, the accuracies there, and a verdict
-    per claim (F1: IG reconstructs the undefended model; F2: IG fails on PRECODE while the targeted
-    attack succeeds; F3: PPP at some sigma of the grid defeats every attack; F4: PPP at that sigma keeps
-    test accuracy within `max_accuracy_drop` of the undefended model)."""
+    the smallest protecting noise scale of full noise and of each PPP variant (every attack tried there
+    fails), the accuracies there, and a verdict per claim (F1: IG reconstructs the undefended model; F2:
+    IG fails on PRECODE while the targeted attack succeeds; F3: the paper's PPP at some sigma of the grid
+    defeats every attack, where some attack breaks PRECODE; F4: PPP at that sigma keeps test accuracy
+    within `max_accuracy_drop` of the undefended model). `ppp_variants_protecting` lists every PPP
+    variant that protects at some sigma within that accuracy."""
     rows = []
     for (dataset, arch, state), cell in summary.groupby(["dataset", "arch", "model_state"], sort=False):
         def median(defense, attack, column="psnr_median", sigma=0.0):
@@ -166,21 +221,33 @@ def findings(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: 
             sel = cell[(cell.defense == defense) & np.isclose(cell.noise_scale, sigma)]
             return float(sel.test_accuracy.iloc[0]) if len(sel) else float("nan")
 
+        def strongest(defense, sigma=0.0):
+            at = cell[(cell.defense == defense) & np.isclose(cell.noise_scale, sigma)]
+            if not len(at):
+                return None
+            return at.sort_values(["ssim_median", "psnr_median"], ascending=False, kind="stable").iloc[0]
+
         reference_psnr = median("none", "ig")
+        on_precode = strongest("precode")
         row = dict(dataset=dataset, arch=arch, model_state=state,
                    psnr_ig_none=reference_psnr, ssim_ig_none=median("none", "ig", "ssim_median"),
                    psnr_ig_precode=median("precode", "ig"), ssim_ig_precode=median("precode", "ig", "ssim_median"),
                    psnr_targeted_precode=median("precode", "ig_targeted"),
-                   ssim_targeted_precode=median("precode", "ig_targeted", "ssim_median"))
-        for defense in ("noise", "ppp"):
+                   ssim_targeted_precode=median("precode", "ig_targeted", "ssim_median"),
+                   strongest_attack_precode=on_precode.attack if on_precode is not None else "",
+                   psnr_strongest_precode=float(on_precode.psnr_median) if on_precode is not None else float("nan"),
+                   ssim_strongest_precode=float(on_precode.ssim_median) if on_precode is not None else float("nan"))
+        variants_ok = []
+        for defense in ["noise"] + PPP_VARIANTS:
             noisy = cell[cell.defense == defense]
+            if defense != "noise" and defense != "ppp" and not len(noisy):
+                continue  # a PPP variant the config does not run
             protecting, strongest_at = float("nan"), None
             for sigma in sorted(noisy.noise_scale.unique()):
-                at = noisy[np.isclose(noisy.noise_scale, sigma)]
-                strongest = at.loc[at.ssim_median.idxmax()]
-                strongest_at = (sigma, strongest)
-                if (strongest.ssim_median < verdicts.success_ssim
-                        and reference_psnr - strongest.psnr_median >= verdicts.margin_db):
+                top = strongest(defense, sigma)
+                strongest_at = (sigma, top)
+                if (top.ssim_median < verdicts.success_ssim
+                        and reference_psnr - top.psnr_median >= verdicts.margin_db):
                     protecting = sigma
                     break
             row[f"{defense}_protecting_sigma"] = protecting
@@ -194,12 +261,14 @@ def findings(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: 
             drop, low, high = paired_accuracy_drop(correct.get((dataset, arch, "none", 0.0)),
                                                    correct.get((dataset, arch, defense, shown_sigma)))
             row[f"acc_drop_{defense}"], row[f"acc_drop_{defense}_ci_low"], row[f"acc_drop_{defense}_ci_high"] = drop, low, high
+            if defense in PPP_VARIANTS and np.isfinite(protecting) and drop <= verdicts.max_accuracy_drop:
+                variants_ok.append(f"{defense}@{protecting:g}")
         row.update(acc_none=accuracy("none"), acc_precode=accuracy("precode"))
         works = row["ssim_ig_none"] >= verdicts.success_ssim
-        # PPP's protection means something only where the targeted attack breaks PRECODE (else there is
+        # PPP's protection means something only where some attack breaks PRECODE (else there is
         # nothing to defeat); its accuracy and its noise against full noise are read only there.
-        ppp_defeats = bool(np.isfinite(row["ppp_protecting_sigma"])
-                           and row["ssim_targeted_precode"] >= verdicts.success_ssim)
+        precode_broken = row["ssim_strongest_precode"] >= verdicts.success_ssim
+        ppp_defeats = bool(np.isfinite(row["ppp_protecting_sigma"]) and precode_broken)
         row.update(
             F1_ig_leaks_undefended=bool(works),
             F2_targeted_breaks_precode_ig_does_not=bool(
@@ -210,6 +279,7 @@ def findings(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: 
             F4_ppp_keeps_accuracy=bool(ppp_defeats and row["acc_drop_ppp"] <= verdicts.max_accuracy_drop),
             ppp_needs_less_noise=bool(ppp_defeats and works
                                       and not row["noise_protecting_sigma"] <= row["ppp_protecting_sigma"]),
+            ppp_variants_protecting=";".join(variants_ok) if precode_broken else "",
         )
         rows.append(row)
     return pd.DataFrame(rows)

@@ -16,7 +16,7 @@ import torch
 
 from ppp import data as data_lib
 from ppp.attacks import ServerView, build_attack
-from ppp.attacks.inverting_gradients import attack_needs_precode
+from ppp.attacks.registry import attack_needs_precode
 from ppp.defenses import build_defense
 from ppp.gradients import set_model_mode, shared_gradient
 from ppp.io import ArtifactError, load_tensors, read_json, save_tensors, sha256, write_json
@@ -108,12 +108,12 @@ def init_model(arch: str, variant: str, meta_path: str, model_options: dict, pre
     save_model(model, out, dict(arch=arch, variant=variant, dataset=meta["dataset"]))
 
 
-def train_model(arch: str, defense_name: str, noise_scale: float, distribution: str, init_path: str,
+def train_model(arch: str, defense_name: str, noise_scale: float, noise: dict, init_path: str,
                 meta_path: str, train_path: str, test_path: str, model_options: dict,
                 precode: PrecodeSpec | None, training: TrainingConfig, seed: int, device: torch.device,
                 out_model: str, out_metrics: str) -> dict:
     meta = read_json(meta_path)
-    defense = build_defense(defense_name, noise_scale, distribution)
+    defense = build_defense(defense_name, noise_scale, **noise)
     model = load_model(init_path, arch, meta, model_options, precode if defense.needs_precode else None)
     images, labels = load_split_tensors(train_path)
     test_images, test_labels = load_split_tensors(test_path)
@@ -140,14 +140,14 @@ def train_model(arch: str, defense_name: str, noise_scale: float, distribution: 
 
 # --- client: the shared gradient ---------------------------------------------------------------------
 
-def capture_gradients(arch: str, defense_name: str, noise_scale: float, distribution: str, state: str,
+def capture_gradients(arch: str, defense_name: str, noise_scale: float, noise: dict, state: str,
                       model_path: str, meta_path: str, victims_path: str, num_victims: int,
                       model_options: dict, precode: PrecodeSpec, seed: int, device: torch.device,
                       out: str, model_mode: str = "eval") -> None:
     """The defended gradient of each victim, alone in its batch, stacked over victims, computed with the
     model in the protocol's `model_mode` (eval or train)."""
     meta = read_json(meta_path)
-    defense = build_defense(defense_name, noise_scale, distribution)
+    defense = build_defense(defense_name, noise_scale, **noise)
     model = load_model(model_path, arch, meta, model_options, precode if defense.needs_precode else None)
     set_model_mode(model.to(device), model_mode)
     groups = model.parameter_groups()

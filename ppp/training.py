@@ -45,10 +45,15 @@ def train(model: StagedNet, defense: Defense, images: torch.Tensor, labels: torc
     model.to(device).train()
     groups = model.parameter_groups()
     params = dict(model.named_parameters())
-    optimizer = OPTIMIZERS[config.optimizer](list(params.values()), config)
+    optimizer = None if defense.per_example else OPTIMIZERS[config.optimizer](list(params.values()), config)
     order_gen = generator(derive_seed(seed, "order"))
     noise_gen = generator(derive_seed(seed, "noise"), device)
     n = images.shape[0] if config.max_train_examples is None else min(images.shape[0], config.max_train_examples)
+    private = None
+    if defense.per_example:  # DP-SGD: Opacus clips every example's gradient and keeps the account
+        from ppp.dpsgd import PrivateSteps
+        private = PrivateSteps(model, defense, config.optimizer, config.lr, config.weight_decay,
+                               config.batch_size, n, noise_gen)
     started, steps, per_epoch = time.perf_counter(), 0, []
     with seeded(derive_seed(seed, "sampling"), device):
         for epoch in range(config.epochs):
@@ -56,16 +61,22 @@ def train(model: StagedNet, defense: Defense, images: torch.Tensor, labels: torc
             for start in range(0, n - config.batch_size + 1, config.batch_size):  # drop_last, as the authors
                 index = order[start:start + config.batch_size]
                 x, y = images[index].to(device), labels[index].to(device)
-                grads = defense(shared_gradient(model, x, y), groups, noise_gen)
-                for name, p in params.items():
-                    p.grad = grads[name]
-                optimizer.step()
+                if private is not None:
+                    private.step(x, y)
+                else:
+                    grads = defense(shared_gradient(model, x, y), groups, noise_gen)
+                    for name, p in params.items():
+                        p.grad = grads[name]
+                    optimizer.step()
                 steps += 1
             log.info("epoch %d/%d done (%d steps)", epoch + 1, config.epochs, steps)
             if after_epoch is not None:
                 per_epoch.append(after_epoch(epoch + 1))
                 model.train()
     summary = {"steps": steps, "train_seconds": time.perf_counter() - started, "train_examples": n}
+    if private is not None:
+        summary.update(epsilon=private.epsilon(), delta=defense.delta)
+        private.close()
     if after_epoch is not None:
         summary["per_epoch"] = per_epoch
     return summary

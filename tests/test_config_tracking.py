@@ -34,7 +34,7 @@ def test_a_bad_value_names_the_key(change, key):
 def test_enum_errors_say_what_is_allowed():
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     config["defenses"] = ["dp"]
-    with pytest.raises(ConfigError, match=r"allowed: \['none', 'noise', 'precode', 'ppp'\]"):
+    with pytest.raises(ConfigError, match=r"'defenses.0'.*allowed: \['none', 'noise', 'precode', 'ppp', 'ppp_encoder'"):
         validate_config(copy.deepcopy(config))
 
 

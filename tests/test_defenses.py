@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ppp.defenses import build_defense, sample_noise
+from ppp.defenses import PARTS, build_defense, part_of, sample_noise
 from ppp.gradients import select_parameters, shared_gradient
 from ppp.models import BEFORE, PrecodeSpec, build_model
 from ppp.seeding import generator
@@ -17,20 +17,33 @@ def _grads(model):
     return shared_gradient(model, torch.rand(1, 1, 16, 16), torch.tensor([1]))
 
 
+@pytest.mark.parametrize("relative", [False, True])
 @pytest.mark.parametrize("name,expected", [
-    ("none", set()), ("precode", set()), ("noise", {"before", "precode", "after"}), ("ppp", {"before"}),
+    ("none", set()), ("precode", set()), ("noise", {"before", "encoder", "decoder", "after"}), ("ppp", {"before"}),
+    ("ppp_encoder", {"before", "encoder"}), ("ppp_no_decoder", {"before", "encoder", "after"}),
 ])
-def test_each_defense_touches_exactly_its_gradients(precode_model, name, expected):
+def test_each_defense_touches_exactly_its_gradients(precode_model, name, expected, relative):
     grads = _grads(precode_model)
     groups = precode_model.parameter_groups()
-    defended = build_defense(name, noise_scale=0.1)(grads, groups, generator(0))
+    defended = build_defense(name, noise_scale=0.1, relative=relative)(grads, groups, generator(0))
     assert set(defended) == set(grads)
-    changed = {groups[n] for n in grads if not torch.equal(grads[n], defended[n])}
-    untouched_groups = {g for g in groups.values()} - expected
+    part = {n: part_of(n, g) for n, g in groups.items()}
+    assert set(part.values()) == set(PARTS)
+    changed = {part[n] for n in grads if not torch.equal(grads[n], defended[n])}
     assert changed == expected
     for n in grads:
-        if groups[n] in untouched_groups:
+        if part[n] not in expected:
             assert torch.equal(grads[n], defended[n])
+
+
+def test_relative_noise_is_sigma_times_each_gradients_norm(precode_model):
+    grads = _grads(precode_model)
+    groups = precode_model.parameter_groups()
+    defended = build_defense("noise", noise_scale=0.5, relative=True)(grads, groups, generator(0))
+    for n, g in grads.items():
+        if g.numel() >= 256:
+            ratio = float((defended[n] - g).norm() / g.norm())
+            assert 0.4 < ratio < 0.6, n
 
 
 def test_ppp_noises_every_parameter_before_precode(precode_model):
@@ -75,3 +88,18 @@ def test_targeted_selection_leaves_out_precode_and_later_layers(precode_model):
     with_encoder = select_parameters(precode_model, "before_precode", keep_encoder=True)
     assert set(with_encoder) - set(targeted) == {"bottleneck.encoder.weight", "bottleneck.encoder.bias"}
     assert set(select_parameters(precode_model, "all")) == set(groups)
+
+
+def test_dpsgd_clips_the_update_to_the_norm_and_adds_noise_scaled_by_it(precode_model):
+    grads = _grads(precode_model)
+    groups = precode_model.parameter_groups()
+    norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads.values())))
+    clipped = build_defense("dpsgd", noise_scale=0.0, max_grad_norm=norm / 4)(grads, groups, generator(0))
+    assert abs(float(torch.sqrt(sum(g.pow(2).sum() for g in clipped.values()))) - norm / 4) < 1e-4 * norm
+    untouched = build_defense("dpsgd", noise_scale=0.0, max_grad_norm=norm * 4)(grads, groups, generator(0))
+    assert all(torch.allclose(untouched[n], grads[n]) for n in grads)
+    big = torch.zeros(100_000)
+    noised = build_defense("dpsgd", noise_scale=2.0, max_grad_norm=0.5)({"w": big}, {"w": "before"}, generator(0))
+    assert abs(float(noised["w"].std()) - 1.0) < 0.02  # std = multiplier x clipping norm
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        build_defense("dpsgd", noise_scale=1.0, max_grad_norm=0)

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from ppp.report import Verdicts, findings, paired_accuracy_drop
+from ppp.report import Verdicts, findings, paired_accuracy_drop, worst_case
 
 
 def _summary(cells):
@@ -69,3 +69,28 @@ def test_paired_accuracy_drop_interval_is_tight_for_nearly_identical_models():
     drop, low, high = paired_accuracy_drop(a, b)
     assert abs(drop - 0.01) < 1e-12 and 0 < low < drop < high < 0.02
     assert np.isnan(paired_accuracy_drop(a, None)[0])
+
+
+def test_an_adaptive_attack_that_breaks_ppp_removes_its_protection_and_names_itself():
+    """The analytic attack reconstructs through the paper's PPP at every sigma; the variant that noises
+    the encoder too protects at 0.1. The worst case per cell names the attack that was strongest."""
+    cells = CELLS + [
+        ("precode", 0.0, "analytic", 27.0, 0.85, 0.90),
+        *[("ppp", s, "analytic", 26.0, 0.80, acc) for s, acc in ((0.01, 0.89), (0.1, 0.88), (1.0, 0.60))],
+        ("ppp_encoder", 0.01, "analytic", 20.0, 0.55, 0.89),
+        ("ppp_encoder", 0.1, "analytic", 11.0, 0.08, 0.885),
+        ("ppp_encoder", 0.1, "ig_targeted", 12.0, 0.10, 0.885),
+    ]
+    correct = {("mnist", "lenet", d, s): _correct(acc) for d, s, _, _, _, acc in cells}
+    summary = _summary(cells)
+    row = findings(summary, correct, Verdicts()).iloc[0]
+    assert row.strongest_attack_precode == "analytic"
+    assert np.isnan(row.ppp_protecting_sigma) and row.ppp_strongest_attack == "analytic"
+    assert not row.F3_ppp_defeats_every_attack and not row.F4_ppp_keeps_accuracy
+    assert row.ppp_encoder_protecting_sigma == 0.1 and row.ppp_variants_protecting == "ppp_encoder@0.1"
+    worst = worst_case(summary, correct, Verdicts()).set_index(["defense", "noise_scale"])
+    assert worst.loc[("ppp", 0.1)].strongest_attack == "analytic" and not worst.loc[("ppp", 0.1)].protected
+    assert worst.loc[("ppp_encoder", 0.1)].protected and worst.loc[("ppp_encoder", 0.1)].within_accuracy
+    assert worst.loc[("ppp_encoder", 0.1)].attacks_tried == "analytic;ig_targeted"
+    assert not worst.loc[("none", 0.0)].protected and worst.loc[("noise", 1.0)].protected
+    assert list(worst.index.get_level_values(0).unique()) == ["none", "noise", "precode", "ppp", "ppp_encoder"]

@@ -50,12 +50,15 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
     tables = workdir / "results" / "tables"
     recon = pd.read_csv(tables / "reconstructions.csv")
     assert list(recon.columns) == RECONSTRUCTION_COLUMNS
-    # none, noise, precode, ppp with ig, plus ig_targeted on precode and ppp: 6 cells.
+    # none, noise, precode, ppp, dpsgd with ig, plus ig_targeted, latent and analytic on precode and
+    # ppp: 11 cells.
     cells = recon.groupby(["defense", "noise_scale", "attack"]).size()
-    assert len(cells) == 6 and set(cells) == {config["attack"]["defaults"]["victims"]}
+    assert len(cells) == 11 and set(cells) == {config["attack"]["defaults"]["victims"]}
     assert recon[["mse", "psnr", "ssim"]].notna().all().all()
     utility = pd.read_csv(tables / "utility.csv")
-    assert list(utility.columns) == UTILITY_COLUMNS and len(utility) == 4
+    assert list(utility.columns) == UTILITY_COLUMNS and len(utility) == 5
+    dp = utility[utility.defense == "dpsgd"]
+    assert (dp.epsilon > 0).all() and utility[utility.defense != "dpsgd"].epsilon.isna().all()
     assert utility.test_accuracy.between(0, 1).all()
     assert utility.test_accuracy_ci95.between(0, 0.2).all() and (utility.test_examples == 128).all()
     summary = pd.read_csv(tables / "summary.csv")
@@ -64,6 +67,11 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
     assert len(findings) == 1 and {"F1_ig_leaks_undefended", "F2_targeted_breaks_precode_ig_does_not",
                                    "F3_ppp_defeats_every_attack", "F4_ppp_keeps_accuracy", "ppp_protecting_sigma",
                                    "acc_drop_ppp_ci_low"} <= set(findings.columns)
+    worst = pd.read_csv(tables / "worst_case.csv")
+    assert len(worst) == 5 and set(worst.columns) >= {"strongest_attack", "strongest_ssim_median", "protected",
+                                                     "acc_drop", "epsilon"}
+    assert set(worst[worst.defense == "ppp"].attacks_tried.iloc[0].split(";")) == {
+        "ig", "ig_targeted", "latent", "analytic"}
     for plot in ("privacy_utility.png", "reconstructions_mnist_mlp_init.png"):
         assert (workdir / "results" / "plots" / plot).stat().st_size > 1000
 
@@ -82,8 +90,8 @@ def test_every_job_is_an_mlflow_run_nested_under_the_invocation(finished_run):
     rules = {r.data.tags["rule"] for r in jobs}
     assert {"prepare_data", "train", "capture", "attack", "evaluate", "aggregate"} <= rules
     attack_runs = [r for r in jobs if r.data.tags["rule"] == "attack"]
-    assert len(attack_runs) == 6 and all("wildcard.defense" in r.data.tags for r in attack_runs)
-    assert {r.data.params["attack"] for r in attack_runs} == {"ig", "ig_targeted"}
+    assert len(attack_runs) == 11 and all("wildcard.defense" in r.data.tags for r in attack_runs)
+    assert {r.data.params["attack"] for r in attack_runs} == {"ig", "ig_targeted", "latent", "analytic"}
     assert all(r.info.status == "FINISHED" for r in runs)
 
 

@@ -31,7 +31,7 @@ from ppp.attacks.per_layer import PerLayerObjective, row_selector, unsupported_r
 from ppp.gradients import set_model_mode, shared_gradient
 from ppp.models import StagedNet
 from ppp.optim import Adam, multistep_lr
-from ppp.precode import code_mode
+from ppp.precode import code_mode, given_noise
 from ppp.seeding import derive_seed, generator, seeded
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class GradientMatchingProblem:
     min_improvement: float = 1e-4  # relative improvement that counts as progress for `patience`
     memory_budget_mb: float | None = None  # choose chunk_rows so that a chunk's graphs fit this
     precode_code: str = "sample"  # the attacker's PRECODE code in its own passes: sample or mean
+    latent: bool = False  # also optimise PRECODE's noise per row (the latent attack); starts at the mean code
 
 
 class RowObjective:
@@ -105,20 +106,30 @@ class RowObjective:
         self.tv_weight = tv_weight
         self.mean, self.std = model.mean[0], model.std[0]
 
-    def gradient_loss(self, x_row: torch.Tensor, row: int, create_graph: bool) -> torch.Tensor:
+    def gradient_loss(self, x_row: torch.Tensor, row: int, create_graph: bool,
+                      latent_row: torch.Tensor | None = None) -> torch.Tensor:
         pixels = x_row.unsqueeze(0) * self.std + self.mean
-        grads = shared_gradient(self.model, pixels, self.labels[row: row + 1], create_graph=create_graph,
-                                names=self.names)
+        with given_noise(self.model, latent_row.unsqueeze(0)) if latent_row is not None else contextlib.nullcontext():
+            grads = shared_gradient(self.model, pixels, self.labels[row: row + 1], create_graph=create_graph,
+                                    names=self.names)
         return cosine_distance([grads[n] for n in self.names], [t[row] for t in self.targets])
 
-    def loop(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loop(self, x: torch.Tensor, rows: torch.Tensor, latent: torch.Tensor | None = None) -> tuple:
+        """(losses, gradients w.r.t. the rows' images) and, with `latent` (PRECODE's per-row noise,
+        optimised by the latent attack), the gradients w.r.t. the rows' noise as a third element."""
         losses, grads = torch.empty(len(rows), device=x.device), torch.empty((len(rows), *x.shape[1:]), device=x.device)
+        latent_grads = None if latent is None else torch.empty((len(rows), *latent.shape[1:]), device=x.device)
         for k, row in enumerate(rows.tolist()):
             x_row = x[row].detach().requires_grad_(True)
-            loss = self.gradient_loss(x_row, row, create_graph=True) + self.tv_weight * total_variation(x_row)
-            (grads[k],) = torch.autograd.grad(loss, x_row)
+            z_row = None if latent is None else latent[row].detach().requires_grad_(True)
+            loss = self.gradient_loss(x_row, row, create_graph=True, latent_row=z_row) \
+                + self.tv_weight * total_variation(x_row)
+            if z_row is None:
+                (grads[k],) = torch.autograd.grad(loss, x_row)
+            else:
+                grads[k], latent_grads[k] = torch.autograd.grad(loss, [x_row, z_row])
             losses[k] = loss.detach()
-        return losses, grads
+        return (losses, grads) if latent is None else (losses, grads, latent_grads)
 
     def vectorized(self, x: torch.Tensor, rows: torch.Tensor, chunk_rows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         from torch.func import functional_call, grad, grad_and_value, vmap
@@ -202,15 +213,57 @@ def _no_running_stats(model: nn.Module):
             m.track_running_stats = True
 
 
+class RowsObjective:
+    """What `optimise` minimises, row by row: `evaluate(x, rows, latent)` gives the rows' losses and
+    gradients w.r.t. their images (and w.r.t. their latent noise where `latent` is given); `score`
+    ranks a finished row's restarts by the matching term alone."""
+
+    engine: str = "loop"
+    chunk_rows: int | None = None
+
+    def evaluate(self, x: torch.Tensor, rows: torch.Tensor, latent: torch.Tensor | None) -> tuple:
+        raise NotImplementedError
+
+    def score(self, x_row: torch.Tensor, row: int, latent_row: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GradientMatching(RowsObjective):
+    """Inverting Gradients' objective through the chosen row engine."""
+
+    def __init__(self, model: StagedNet, labels: torch.Tensor, targets: list[torch.Tensor],
+                 problem: GradientMatchingProblem, x: torch.Tensor):
+        self.rows = RowObjective(model, problem.names, labels, targets, problem.tv_weight)
+        self.chunk_rows = rows_per_chunk(self.rows, x, problem.memory_budget_mb, problem.chunk_rows)
+        self.engine = choose_engine(problem.engine, model, problem.names)
+        if problem.latent and self.engine == "vmap":
+            raise ValueError("the latent attack runs on the per_layer or loop engine, not vmap")
+        self.per_layer = PerLayerObjective(model, problem.names, labels, targets, problem.tv_weight) \
+            if self.engine == "per_layer" else None
+
+    def evaluate(self, x, rows, latent):
+        # A single row is faster through plain autograd than through a vmap of one (benchmarks/).
+        if self.engine == "loop" or len(rows) == 1:
+            return self.rows.loop(x, rows, latent)
+        if self.per_layer is not None:
+            return self.per_layer(x, rows, self.chunk_rows, latent)
+        return self.rows.vectorized(x, rows, self.chunk_rows)
+
+    def score(self, x_row, row, latent_row):
+        return self.rows.gradient_loss(x_row, row, create_graph=False, latent_row=latent_row)
+
+
 def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingProblem, seed: int,
              progress: Callable[[int, torch.Tensor], None] | None = None,
-             progress_every: int = 0, victim_ids: list[int] | None = None) -> AttackResult:
+             progress_every: int = 0, victim_ids: list[int] | None = None,
+             objective: RowsObjective | None = None) -> AttackResult:
     """Optimise one dummy image per victim and restart, all rows in one optimiser.
 
     Each row's start is seeded by (seed, victim id, restart), so a victim gets the same start whether it
     is attacked alone or with others; Adam and the sign step act elementwise, so rows never interact.
     Every row keeps its best iterate (lowest objective); with `patience`, a row that stopped improving
-    is frozen and no longer computed."""
+    is frozen and no longer computed. The objective is gradient matching over `problem.names` unless
+    `objective` is given (the analytic attack's feature inversion)."""
     started = time.perf_counter()
     model = view.model
     set_model_mode(model, view.model_mode)  # the mode the client computed its update in
@@ -240,28 +293,25 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     n_rows = batch * restarts
     x = torch.stack(rows).to(device)
     x.grad = torch.zeros_like(x)
-    row_labels = labels.to(device).repeat_interleave(restarts)
-    targets = [view.gradients[n].to(device).repeat_interleave(restarts, dim=0) for n in problem.names]
-    objective = RowObjective(model, problem.names, row_labels, targets, problem.tv_weight)
-    chunk_rows = rows_per_chunk(objective, x, problem.memory_budget_mb, problem.chunk_rows)
-    engine = choose_engine(problem.engine, model, problem.names)
-    per_layer = PerLayerObjective(model, problem.names, row_labels, targets, problem.tv_weight) \
-        if engine == "per_layer" else None
-
-    optimizer = Adam([x], lr=problem.lr)
+    latent = None
+    if problem.latent:
+        if model.bottleneck is None:
+            raise ValueError("the latent attack needs a PRECODE model")
+        # PRECODE's noise, one row per image, starting at zero: the mean code.
+        latent = torch.zeros(n_rows, model.bottleneck.bottleneck_size, device=device)
+        latent.grad = torch.zeros_like(latent)
+    if objective is None:
+        row_labels = labels.to(device).repeat_interleave(restarts)
+        targets = [view.gradients[n].to(device).repeat_interleave(restarts, dim=0) for n in problem.names]
+        objective = GradientMatching(model, row_labels, targets, problem, x)
+    optimised = [x] if latent is None else [x, latent]
+    optimizer = Adam(optimised, lr=problem.lr)
     milestones = [round(problem.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if problem.lr_decay else []
-
-    def evaluate(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # A single row is faster through plain autograd than through a vmap of one (benchmarks/).
-        if engine == "loop" or len(rows) == 1:
-            return objective.loop(x, rows)
-        if per_layer is not None:
-            return per_layer(x, rows, chunk_rows)
-        return objective.vectorized(x, rows, chunk_rows)
 
     losses = torch.full((n_rows,), float("inf"))
     best_loss = torch.full((n_rows,), float("inf"))
     best_x = x.detach().clone()
+    best_latent = None if latent is None else latent.detach().clone()
     since_improved = torch.zeros(n_rows, dtype=torch.long)
     active = torch.ones(n_rows, dtype=torch.bool)
     iterations_run = torch.zeros(n_rows, dtype=torch.long)
@@ -270,13 +320,15 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         """Keep each row's iterate when its objective is the lowest seen so far."""
         better = rows[row_losses < best_loss[rows]].to(device)
         best_x[better] = x[better]
+        if latent is not None:
+            best_latent[better] = latent[better]
         best_loss[rows] = torch.minimum(best_loss[rows], row_losses)
     with seeded(derive_seed(seed, "sampling"), device), code_mode(model, problem.precode_code):
         for step in range(problem.iterations):
             live = active.nonzero().flatten()
             if len(live) == 0:
                 break
-            row_losses, row_grads = evaluate(live.to(device))
+            row_losses, row_grads, *latent_grads = objective.evaluate(x, live.to(device), latent)
             # The objective at the current iterate: remember the best iterate before stepping.
             row_losses = row_losses.detach().cpu()
             losses[live] = row_losses
@@ -285,13 +337,18 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             since_improved[live] = torch.where(improved, 0, since_improved[live] + 1)
             iterations_run[live] += 1
 
-            frozen_before = x[~active.to(device)].clone() if not bool(active.all()) else None
+            frozen = ~active.to(device)
+            frozen_before = [t[frozen].clone() for t in optimised] if not bool(active.all()) else None
             x.grad.zero_()
             x.grad[live.to(device)] = row_grads.sign() if problem.signed else row_grads
+            if latent is not None:
+                latent.grad.zero_()
+                latent.grad[live.to(device)] = latent_grads[0].sign() if problem.signed else latent_grads[0]
             optimizer.lr = multistep_lr(problem.lr, milestones, step)
             optimizer.step()
             if frozen_before is not None:  # Adam's momentum would move frozen rows: hold them
-                x[~active.to(device)] = frozen_before
+                for t, before in zip(optimised, frozen_before):
+                    t[frozen] = before
             if problem.boxed:
                 x.copy_(torch.max(torch.min(x, upper), lower))
             if problem.patience:
@@ -304,15 +361,15 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         # The last iterate may be the best one too.
         if problem.iterations > 0 and bool(active.any()):
             live = active.nonzero().flatten()
-            final, _ = evaluate(live.to(device))
+            final = objective.evaluate(x, live.to(device), latent)[0]
             remember_best(live, final.detach().cpu())
-        # Score every restart by its gradient-matching loss alone, as Inverting Gradients does.
-        scores = torch.stack([objective.gradient_loss(best_x[i], i, create_graph=False).detach().cpu()
+        # Score every restart by its matching loss alone, as Inverting Gradients does.
+        scores = torch.stack([objective.score(best_x[i], i, None if latent is None else best_latent[i]).detach().cpu()
                               for i in range(n_rows)])
     scores = scores.view(batch, restarts)
     best = scores.argmin(dim=1)
     final_images = (best_x * std + mean).clamp(0, 1).view(batch, restarts, *shape).cpu()
     images = final_images[torch.arange(batch), best]
     return AttackResult(images=images, gradient_loss=scores[torch.arange(batch), best], restart_losses=scores,
-                        labels=labels.cpu(), seconds=time.perf_counter() - started, chunk_rows=chunk_rows,
-                        engine=engine, iterations=iterations_run.view(batch, restarts)[torch.arange(batch), best])
+                        labels=labels.cpu(), seconds=time.perf_counter() - started,
+                        chunk_rows=objective.chunk_rows, engine=objective.engine, iterations=iterations_run.view(batch, restarts)[torch.arange(batch), best])

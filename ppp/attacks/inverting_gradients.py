@@ -38,6 +38,9 @@ class InvertingGradients:
     # The attacker's PRECODE code in its own forward passes: "sample" as the client does, or "mean",
     # which matches a deterministic gradient (stronger; docs/method.md "Threat model").
     precode_code: str = "mean"
+    # Also optimise PRECODE's noise per victim, so that PRECODE's and later gradients can be matched
+    # (the latent attack, ppp.attacks.latent).
+    latent: bool = False
 
     def __post_init__(self):
         if self.labels not in ("known", "inferred"):
@@ -46,6 +49,8 @@ class InvertingGradients:
             raise ValueError(f"attack engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.precode_code not in CODE_MODES:
             raise ValueError(f"attack precode_code must be one of {', '.join(CODE_MODES)}, got {self.precode_code!r}")
+        if self.latent and self.selection != "all":
+            raise ValueError("the latent attack matches every gradient (selection 'all')")
         if self.iterations < 1 or self.restarts < 1:
             raise ValueError("attack iterations and restarts must be >= 1")
 
@@ -64,27 +69,6 @@ class InvertingGradients:
             init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay,
             engine=self.engine, chunk_rows=self.batch_size, patience=self.patience,
             min_improvement=self.min_improvement, memory_budget_mb=self.memory_budget_mb,
-            precode_code=self.precode_code)
+            precode_code=self.precode_code, latent=self.latent)
         return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every,
                         victim_ids=victim_ids)
-
-
-ATTACKS: dict[str, dict] = {
-    "ig": dict(selection="all"),
-    "ig_targeted": dict(selection="before_precode"),
-}
-
-
-def build_attack(name: str, **options) -> InvertingGradients:
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; known: {sorted(ATTACKS)}")
-    known = set(InvertingGradients.__dataclass_fields__)
-    unknown = set(options) - known
-    if unknown:
-        raise ValueError(f"attack {name}: unknown options {sorted(unknown)}; known: {sorted(known)}")
-    return InvertingGradients(**{**options, **ATTACKS[name]})
-
-
-def attack_needs_precode(name: str) -> bool:
-    """The targeted attack is defined by PRECODE's position: it only applies to PRECODE models."""
-    return ATTACKS[name]["selection"] != "all"

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from ppp.attacks.objectives import total_variation_rows
 from ppp.gradients import training_loss
 from ppp.models import StagedNet
+from ppp.precode import given_noise
 
 
 @dataclass(frozen=True)
@@ -256,14 +257,17 @@ class PerLayerObjective:
         self.target_norms = sum(t.flatten(1).pow(2).sum(1) for t in targets).sqrt()
         self.mean, self.std = model.mean[0], model.std[0]
 
-    def __call__(self, x: torch.Tensor, rows: torch.Tensor, chunk_rows: int | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, rows: torch.Tensor, chunk_rows: int | None = None,
+                 latent: torch.Tensor | None = None) -> tuple:
+        """(losses, gradients w.r.t. the rows' images), and with `latent` (PRECODE's per-row noise) the
+        gradients w.r.t. it as a third element."""
         step = chunk_rows or len(rows)
-        parts = [self._evaluate(x, rows[start: start + step]) for start in range(0, len(rows), step)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        parts = [self._evaluate(x, rows[start: start + step], latent) for start in range(0, len(rows), step)]
+        return tuple(torch.cat([p[k] for p in parts]) for k in range(len(parts[0])))
 
-    def _evaluate(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _evaluate(self, x: torch.Tensor, rows: torch.Tensor, latent: torch.Tensor | None) -> tuple:
         images = x[rows].detach().requires_grad_(True)
+        noise = None if latent is None else latent[rows].detach().requires_grad_(True)
         select = row_selector(rows)
         captured: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
@@ -276,7 +280,8 @@ class PerLayerObjective:
 
         handles = [layer.register_forward_hook(capture(name)) for name, layer in self.layers.items()]
         try:
-            with torch.enable_grad(), per_row_batch_norm(self.model):
+            with torch.enable_grad(), per_row_batch_norm(self.model), \
+                    given_noise(self.model, noise) if noise is not None else contextlib.nullcontext():
                 # training_loss averages per-image terms (cross-entropy, PRECODE's KL), so n times it is
                 # the sum of the rows' own losses and its output gradients are each row's own.
                 loss = len(rows) * training_loss(self.model, images * self.std + self.mean, self.labels[select])
@@ -301,5 +306,8 @@ class PerLayerObjective:
                 dot, square = dot + layer_dot, square + layer_square
             distance = 1 - dot / (square.sqrt() * self.target_norms[select]).clamp_min(1e-12)
             losses = distance + self.tv_weight * total_variation_rows(images)
-            (gradients,) = torch.autograd.grad(losses.sum(), images)
-        return losses.detach(), gradients
+            if noise is None:
+                (gradients,) = torch.autograd.grad(losses.sum(), images)
+                return losses.detach(), gradients
+            gradients, noise_gradients = torch.autograd.grad(losses.sum(), [images, noise])
+        return losses.detach(), gradients, noise_gradients

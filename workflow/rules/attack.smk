@@ -6,7 +6,7 @@ rule attack:
     output:
         reconstructions=f"{RESULTS}/attacks/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/{{state}}/{{attack}}/reconstructions.safetensors",
     params:
-        attack_options=lambda w: attack_options(config, w.arch),
+        attack_options=lambda w: attack_options(config, w.arch, w.attack),
         model_options=lambda w: config["models"].get(w.arch, {}),
         precode=precode_params(),
         model_mode=lambda w: model_mode(config, w.arch),

@@ -10,7 +10,7 @@ rule capture:
         precode=precode_params(),
         model_mode=lambda w: model_mode(config, w.arch),
         num_victims=lambda w: victims_per_cell(config, w.arch),
-        distribution=config["noise"].get("distribution", "gaussian"),
+        noise=noise_options(config),
         seed=config["seed"],
         device=config["device"],
     log:

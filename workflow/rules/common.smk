@@ -1,9 +1,10 @@
 # Shared helpers: the grid of cells the config asks for, and the params every job gets.
 import os
 
-from ppp.config import attack_options, model_mode, noise_scales, training_options, victims_per_cell
+from ppp.config import (attack_options, defense_applies, defense_scales, model_mode, noise_options,
+                        training_options, victims_per_cell)
 from ppp.defenses import DEFENSES, uses_noise
-from ppp.attacks.inverting_gradients import attack_needs_precode
+from ppp.attacks.registry import attack_needs_precode
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
@@ -25,10 +26,13 @@ def sigma_str(value):
 
 def defense_cells(arch):
     """(defense, sigma) pairs of one architecture: one per noise scale for noising defences (the
-    architecture's own grid where noise.per_arch gives one), sigma 0 otherwise."""
+    architecture's own grid where noise.per_arch gives one; DP-SGD's noise multipliers), sigma 0
+    otherwise."""
     for defense in config["defenses"]:
+        if not defense_applies(config, arch, defense):
+            continue
         if uses_noise(defense):
-            for scale in noise_scales(config, arch):
+            for scale in defense_scales(config, arch, defense):
                 yield defense, sigma_str(scale)
         else:
             yield defense, "0"

@@ -29,7 +29,7 @@ rule train:
         model_options=lambda w: config["models"].get(w.arch, {}),
         precode=precode_params(),
         training=lambda w: training_options(config, w.arch),
-        distribution=config["noise"].get("distribution", "gaussian"),
+        noise=noise_options(config),
         seed=config["seed"],
         device=config["device"],
     log:

@@ -3,8 +3,8 @@ from ppp.jobs import job
 from ppp.models import PrecodeSpec
 
 p, w = snakemake.params, snakemake.wildcards
-with job(snakemake, {"num_victims": p.num_victims, "distribution": p.distribution, "model_mode": p.model_mode}):
+with job(snakemake, {"num_victims": p.num_victims, "noise": p.noise, "model_mode": p.model_mode}):
     stages.capture_gradients(
-        w.arch, w.defense, float(w.sigma), p.distribution, w.state, snakemake.input.model, snakemake.input.meta,
+        w.arch, w.defense, float(w.sigma), p.noise, w.state, snakemake.input.model, snakemake.input.meta,
         snakemake.input.victims, p.num_victims, p.model_options, PrecodeSpec(**p.precode), p.seed,
         stages.resolve_device(p.device), snakemake.output.gradients, model_mode=p.model_mode)

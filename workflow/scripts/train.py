@@ -5,11 +5,11 @@ from ppp.training import TrainingConfig
 
 p, w = snakemake.params, snakemake.wildcards
 with job(snakemake, {"training": p.training, "model": p.model_options, "precode": p.precode,
-                     "distribution": p.distribution}) as run:
+                     "noise": p.noise}) as run:
     metrics = stages.train_model(
-        w.arch, w.defense, float(w.sigma), p.distribution, snakemake.input.init, snakemake.input.meta,
+        w.arch, w.defense, float(w.sigma), p.noise, snakemake.input.init, snakemake.input.meta,
         snakemake.input.train, snakemake.input.test, p.model_options, PrecodeSpec(**p.precode),
         TrainingConfig(**p.training), p.seed, stages.resolve_device(p.device),
         snakemake.output.model, snakemake.output.metrics)
-    run.log_metrics({k: metrics[k] for k in ("test_accuracy", "train_seconds", "steps")})
+    run.log_metrics({k: metrics[k] for k in ("test_accuracy", "train_seconds", "steps", "epsilon") if k in metrics})
     run.log_artifact(snakemake.output.metrics)
