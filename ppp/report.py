@@ -67,7 +67,8 @@ def paired_accuracy_drop(reference: np.ndarray | None, other: np.ndarray | None)
 
 
 def summarize(reconstructions: pd.DataFrame, utility: pd.DataFrame, success_ssim: float) -> pd.DataFrame:
-    """Mean and median of each metric per cell, and the share of victims reconstructed (SSIM >= threshold)."""
+    """Mean and median of each metric per cell, the share of victims reconstructed (SSIM >= threshold),
+    and the strongest attack on the cell's defence (cell_strongest_*)."""
     grouped = reconstructions.groupby(CELL, sort=False)
     summary = grouped.agg(
         victims=("victim", "count"),
@@ -79,7 +80,11 @@ def summarize(reconstructions: pd.DataFrame, utility: pd.DataFrame, success_ssim
     summary = summary.merge(utility[MODEL_CELL + ["test_accuracy", "test_accuracy_ci95", "epsilon"]], on=MODEL_CELL,
                             how="left")
     summary["success_ssim_threshold"] = success_ssim
-    return summary
+    # Every row also names its defence cell's strongest attack (the worst case for that defence).
+    keys = ["dataset", "arch", "defense", "noise_scale", "model_state"]
+    strongest = strongest_attacks(summary)[keys + ["strongest_attack", "strongest_psnr_median", "strongest_ssim_median"]]
+    return summary.merge(strongest.rename(columns=lambda c: f"cell_{c}" if c.startswith("strongest") else c),
+                         on=keys, how="left")
 
 
 def strongest_attacks(summary: pd.DataFrame) -> pd.DataFrame:

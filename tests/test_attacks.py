@@ -85,7 +85,8 @@ def test_many_victims_at_once_equal_one_by_one(mnist_victims, engine, arch, opti
         alone_view = ServerView(model, {n: g[i:i + 1] for n, g in view.gradients.items()}, labels[i:i + 1])
         alone = optimise(alone_view, labels[i:i + 1], _problem(view, engine="loop"), seed=3, victim_ids=[i])
         assert torch.allclose(alone.images[0], together.images[i], atol=1e-4)
-        assert torch.allclose(alone.restart_losses[0], together.restart_losses[i], rtol=1e-4, atol=1e-6)
+        # The loss is 1 - cosine: near 1, float32's cancellation leaves a few 1e-6 of absolute error.
+        assert torch.allclose(alone.restart_losses[0], together.restart_losses[i], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(together.images[0], together.images[1])
 
 

@@ -62,7 +62,10 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
     assert utility.test_accuracy.between(0, 1).all()
     assert utility.test_accuracy_ci95.between(0, 0.2).all() and (utility.test_examples == 128).all()
     summary = pd.read_csv(tables / "summary.csv")
-    assert {"ssim_mean", "psnr_median", "success_rate", "test_accuracy"} <= set(summary.columns)
+    assert {"ssim_mean", "psnr_median", "success_rate", "test_accuracy", "cell_strongest_attack",
+            "cell_strongest_ssim_median"} <= set(summary.columns)
+    ppp_rows = summary[summary.defense == "ppp"]
+    assert (ppp_rows.cell_strongest_ssim_median == ppp_rows.ssim_median.max()).all()
     findings = pd.read_csv(tables / "findings.csv")
     assert len(findings) == 1 and {"F1_ig_leaks_undefended", "F2_targeted_breaks_precode_ig_does_not",
                                    "F3_ppp_defeats_every_attack", "F4_ppp_keeps_accuracy", "ppp_protecting_sigma",

@@ -22,7 +22,8 @@ from typing import Callable
 
 import torch
 
-from ppp.attacks.engine import AttackResult, GradientMatchingProblem, RowsObjective, ServerView, optimise
+from ppp.attacks.engine import (AttackResult, GradientMatchingProblem, RowOptimisation, RowsObjective, ServerView,
+                               optimise)
 from ppp.attacks.objectives import total_variation_rows
 from ppp.attacks.per_layer import per_row_batch_norm
 from ppp.models import StagedNet
@@ -84,26 +85,18 @@ class FeatureMatching(RowsObjective):
 
 
 @dataclass
-class AnalyticEncoderInversion:
-    """Recover PRECODE's input from the encoder's gradient, then invert it to an image."""
+class AnalyticEncoderInversion(RowOptimisation):
+    """Recover PRECODE's input from the encoder's gradient, then invert it to an image (the labels,
+    known or not, are never used)."""
 
     iterations: int = 1000
-    lr: float = 0.1
-    tv_weight: float = 1e-4
-    restarts: int = 1
-    init: str = "randn"
-    signed: bool = True
-    boxed: bool = True
-    lr_decay: bool = True
+    tv_weight: float = 1e-2  # the feature inversion needs a strong prior (benchmarks/README.md)
     feature_loss: str = "mse"
-    labels: str = "known"  # what the server knows; the recovery and the inversion never use labels
-    progress_every: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.feature_loss not in FEATURE_LOSSES:
             raise ValueError(f"attack feature_loss must be one of {', '.join(FEATURE_LOSSES)}, got {self.feature_loss!r}")
-        if self.iterations < 1 or self.restarts < 1:
-            raise ValueError("attack iterations and restarts must be >= 1")
 
     def recover_features(self, view: ServerView) -> torch.Tensor:
         names = view.model.encoder_parameter_names()

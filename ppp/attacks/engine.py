@@ -213,6 +213,30 @@ def _no_running_stats(model: nn.Module):
             m.track_running_stats = True
 
 
+@dataclass
+class RowOptimisation:
+    """The options every attack's optimisation shares (Inverting Gradients' defaults): iterations,
+    signed Adam's lr with its 3/8-5/8-7/8 decay, the TV weight, restarts, the start, the box, and what
+    the server knows of the labels."""
+
+    iterations: int = 4800
+    lr: float = 0.1
+    tv_weight: float = 1e-6
+    restarts: int = 1
+    init: str = "randn"
+    signed: bool = True
+    boxed: bool = True
+    lr_decay: bool = True
+    labels: str = "known"  # known: the server has the labels; inferred: from the classifier's gradient
+    progress_every: int = 0
+
+    def __post_init__(self):
+        if self.labels not in ("known", "inferred"):
+            raise ValueError(f"attack labels must be 'known' or 'inferred', got {self.labels!r}")
+        if self.iterations < 1 or self.restarts < 1:
+            raise ValueError("attack iterations and restarts must be >= 1")
+
+
 class RowsObjective:
     """What `optimise` minimises, row by row: `evaluate(x, rows, latent)` gives the rows' losses and
     gradients w.r.t. their images (and w.r.t. their latent noise where `latent` is given); `score`

@@ -11,25 +11,16 @@ from typing import Callable
 
 import torch
 
-from ppp.attacks.engine import ENGINES, AttackResult, GradientMatchingProblem, ServerView, infer_labels, optimise
+from ppp.attacks.engine import (ENGINES, AttackResult, GradientMatchingProblem, RowOptimisation, ServerView,
+                               infer_labels, optimise)
 from ppp.gradients import select_parameters
 from ppp.precode import CODE_MODES
 
 
 @dataclass
-class InvertingGradients:
-    iterations: int = 4800
-    lr: float = 0.1
-    tv_weight: float = 1e-6
-    restarts: int = 1
-    init: str = "randn"
-    signed: bool = True
-    boxed: bool = True
-    lr_decay: bool = True
+class InvertingGradients(RowOptimisation):
     selection: str = "all"
     keep_encoder: bool = False
-    labels: str = "known"  # known: the server has the labels; inferred: from the classifier's gradient
-    progress_every: int = 0
     engine: str = "auto"  # row engine: auto, per_layer, vmap or loop (ppp.attacks.engine.ENGINES)
     batch_size: int | None = None  # rows (victims x restarts) per batched pass; None: all
     memory_budget_mb: float | None = None  # or: as many rows per pass as fit this budget
@@ -43,16 +34,13 @@ class InvertingGradients:
     latent: bool = False
 
     def __post_init__(self):
-        if self.labels not in ("known", "inferred"):
-            raise ValueError(f"attack labels must be 'known' or 'inferred', got {self.labels!r}")
+        super().__post_init__()
         if self.engine not in ENGINES:
             raise ValueError(f"attack engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.precode_code not in CODE_MODES:
             raise ValueError(f"attack precode_code must be one of {', '.join(CODE_MODES)}, got {self.precode_code!r}")
         if self.latent and self.selection != "all":
             raise ValueError("the latent attack matches every gradient (selection 'all')")
-        if self.iterations < 1 or self.restarts < 1:
-            raise ValueError("attack iterations and restarts must be >= 1")
 
     def __call__(self, view: ServerView, seed: int,
                  progress: Callable[[int, torch.Tensor], None] | None = None,
