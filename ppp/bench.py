@@ -22,7 +22,7 @@ import time
 VICTIM_FILES = {"mnist": "mnist_128_cvb.npz", "cifar10": "cifar10_128_cvb.npz"}
 ARCHS = ("mlp", "lenet", "convnet", "resnet18")
 # Attack settings a command-line flag may override; the rest come from the preset.
-OVERRIDES = ("lr", "tv_weight", "restarts", "init", "precode_code", "keep_encoder")
+OVERRIDES = ("lr", "tv_weight", "restarts", "init", "precode_code", "keep_encoder", "precision")
 
 
 def preset_settings(config_path, arch: str, overrides: dict) -> dict:
@@ -137,7 +137,7 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             init_range=settings["model_options"].get("init_range"),
             tv_weight=settings["attack"].get("tv_weight"), lr=settings["attack"].get("lr"),
             restarts=settings["attack"].get("restarts"), precode_code=settings["attack"].get("precode_code"),
-            keep_encoder=settings["attack"].get("keep_encoder"),
+            keep_encoder=settings["attack"].get("keep_encoder"), precision=settings["attack"].get("precision", "float32"),
             device=str(device), threads=args["threads"], seconds=round(seconds, 3),
             victim_iterations_per_second=round(n * iterations / seconds, 2),
             gflop_per_victim_iteration=round(flops / 1e9, 4) if flops else None,
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-mode", default=None, choices=["eval", "train"], help="override the preset's")
     parser.add_argument("--precode-code", default=None, choices=["sample", "mean"], help="override the preset's")
     parser.add_argument("--tv-weight", type=float, default=None, help="override the preset's")
+    parser.add_argument("--precision", default=None, choices=["float32", "bfloat16"],
+                        help="the objective's precision (bfloat16: autocast); override the preset's")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's")
     parser.add_argument("--restarts", type=int, default=None, help="override the preset's")
     parser.add_argument("--init", default=None, choices=["randn", "rand"], help="override the preset's")

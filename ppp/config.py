@@ -66,7 +66,8 @@ def noise_options(config: dict) -> dict:
     noise, dp = config.get("noise", {}), config.get("dpsgd", {})
     return {"distribution": noise.get("distribution", "gaussian"),
             "relative": noise.get("scale_mode", "absolute") == "relative",
-            "max_grad_norm": float(dp.get("max_grad_norm", 1.0)), "delta": float(dp.get("delta", 1e-5))}
+            "max_grad_norm": float(dp.get("max_grad_norm", 1.0)), "delta": float(dp.get("delta", 1e-5)),
+            "clipping": dp.get("clipping", "auto")}
 
 
 def defense_applies(config: dict, arch: str, defense: str) -> bool:

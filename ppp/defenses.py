@@ -122,6 +122,7 @@ class DPSGD(Defense):
 
     max_grad_norm: float = 1.0
     delta: float = 1e-5
+    clipping: str = "auto"  # how training clips: ghost, per_sample, or auto (ppp.dpsgd.choose_clipping)
     noised_parts = PARTS
     per_example = True
 
@@ -129,6 +130,8 @@ class DPSGD(Defense):
         super().__post_init__()
         if self.max_grad_norm <= 0:
             raise ValueError(f"dpsgd max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.clipping not in ("auto", "ghost", "per_sample"):
+            raise ValueError(f"dpsgd clipping must be auto, ghost or per_sample, got {self.clipping!r}")
         if self.distribution != "gaussian" or self.relative:
             raise ValueError("dpsgd adds Gaussian noise scaled by the clipping norm (noise.distribution "
                              "gaussian, noise.scale_mode absolute)")

@@ -26,7 +26,12 @@ class TrainingConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     max_train_examples: int | None = None
+    precision: str = "float32"  # or bfloat16: forward and backward under autocast (not DP-SGD's steps)
 
+
+# float32, or bfloat16 autocast for the forward and backward passes (the weights, the optimiser and the
+# defence's noise stay float32). Opacus's per-example steps (DP-SGD) always run in float32.
+PRECISIONS = ("float32", "bfloat16")
 
 # ppp.optim computes what torch.optim does, without importing torch._dynamo into every job.
 OPTIMIZERS = {
@@ -40,6 +45,8 @@ def train(model: StagedNet, defense: Defense, images: torch.Tensor, labels: torc
           after_epoch: Callable[[int], float] | None = None) -> dict:
     """Train in place on float images in [0, 1]; return a training summary. `after_epoch(epoch)` (for
     example the test accuracy) is called after every epoch and its values are returned as `per_epoch`."""
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"training.precision: unknown {config.precision!r}; known: {list(PRECISIONS)}")
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"training.optimizer: unknown {config.optimizer!r}; known: {sorted(OPTIMIZERS)}")
     model.to(device).train()
@@ -64,7 +71,9 @@ def train(model: StagedNet, defense: Defense, images: torch.Tensor, labels: torc
                 if private is not None:
                     private.step(x, y)
                 else:
-                    grads = defense(shared_gradient(model, x, y), groups, noise_gen)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+                        update = shared_gradient(model, x, y)
+                    grads = defense(update, groups, noise_gen)
                     for name, p in params.items():
                         p.grad = grads[name]
                     optimizer.step()

@@ -60,3 +60,23 @@ def test_dpsgd_refuses_batchnorm_by_name(mnist_train):
         convnet = build_model("convnet", (1, 32, 32), 10, *MNIST, None, {"width": 4})
     with pytest.raises(ValueError, match="BatchNorm"):
         train(convnet, build_defense("dpsgd", 1.0), images, labels, TrainingConfig(), 0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "lenet"])
+def test_dpsgd_ghost_clipping_trains_the_same_model_as_per_example_gradients(mnist_train, arch):
+    """Ghost clipping (the default) never forms per-example gradients; with a clipping norm that every
+    example exceeds, its clipped, noised updates must equal GradSampleModule's."""
+    images, labels = mnist_train
+    models = []
+    for clipping in ("ghost", "per_sample"):
+        with seeded(0):
+            model = build_model(arch, (1, 32, 32), 10, *MNIST, None, {"width": 64} if arch == "mlp" else {})
+        config = TrainingConfig(epochs=1, batch_size=16, lr=0.05, optimizer="sgd")
+        train(model, build_defense("dpsgd", 0.5, max_grad_norm=0.05, clipping=clipping), images, labels, config, 0,
+              torch.device("cpu"))
+        models.append(model)
+    with seeded(0):
+        start = build_model(arch, (1, 32, 32), 10, *MNIST, None, {"width": 64} if arch == "mlp" else {})
+    for (name, ghost), per_sample in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        torch.testing.assert_close(ghost, per_sample, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.allclose(models[0].state_dict()["stages.head.weight"], start.state_dict()["stages.head.weight"])

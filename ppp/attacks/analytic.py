@@ -114,7 +114,8 @@ class AnalyticEncoderInversion(RowOptimisation):
         features = self.recover_features(view).to(device).repeat_interleave(self.restarts, dim=0)
         problem = GradientMatchingProblem(
             names=[], iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
-            init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay)
+            init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay,
+            precision=self.precision)
         objective = FeatureMatching(model, features, self.tv_weight, self.feature_loss)
         # Labels play no part; the result records what the server would infer as "unknown" (-1).
         labels = view.labels if view.labels is not None else torch.full((view.num_victims,), -1)

@@ -91,6 +91,7 @@ class GradientMatchingProblem:
     memory_budget_mb: float | None = None  # choose chunk_rows so that a chunk's graphs fit this
     precode_code: str = "sample"  # the attacker's PRECODE code in its own passes: sample or mean
     latent: bool = False  # also optimise PRECODE's noise per row (the latent attack); starts at the mean code
+    precision: str = "float32"  # float32, or bfloat16: the objective's passes under autocast (PRECISIONS)
 
 
 class RowObjective:
@@ -155,6 +156,16 @@ class RowObjective:
 
 
 ENGINES = ("auto", "per_layer", "vmap", "loop")
+# The objective's passes in float32, or under bfloat16 autocast (convolutions and matrix products in
+# bfloat16, reductions in float32); the optimiser, the box and the restarts' scores stay float32.
+PRECISIONS = ("float32", "bfloat16")
+
+
+def objective_precision(device: torch.device, precision: str):
+    """The autocast context for the objective's passes at `precision`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"attack precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
 def choose_engine(requested: str, model: StagedNet, names: list[str]) -> str:
@@ -229,8 +240,11 @@ class RowOptimisation:
     lr_decay: bool = True
     labels: str = "known"  # known: the server has the labels; inferred: from the classifier's gradient
     progress_every: int = 0
+    precision: str = "float32"  # or bfloat16: the objective under autocast (PRECISIONS)
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"attack precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.labels not in ("known", "inferred"):
             raise ValueError(f"attack labels must be 'known' or 'inferred', got {self.labels!r}")
         if self.iterations < 1 or self.restarts < 1:
@@ -352,7 +366,8 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             live = active.nonzero().flatten()
             if len(live) == 0:
                 break
-            row_losses, row_grads, *latent_grads = objective.evaluate(x, live.to(device), latent)
+            with objective_precision(device, problem.precision):
+                row_losses, row_grads, *latent_grads = objective.evaluate(x, live.to(device), latent)
             # The objective at the current iterate: remember the best iterate before stepping.
             row_losses = row_losses.detach().cpu()
             losses[live] = row_losses
@@ -385,7 +400,8 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         # The last iterate may be the best one too.
         if problem.iterations > 0 and bool(active.any()):
             live = active.nonzero().flatten()
-            final = objective.evaluate(x, live.to(device), latent)[0]
+            with objective_precision(device, problem.precision):
+                final = objective.evaluate(x, live.to(device), latent)[0]
             remember_best(live, final.detach().cpu())
         # Score every restart by its matching loss alone, as Inverting Gradients does.
         scores = torch.stack([objective.score(best_x[i], i, None if latent is None else best_latent[i]).detach().cpu()

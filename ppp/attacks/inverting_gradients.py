@@ -57,6 +57,6 @@ class InvertingGradients(RowOptimisation):
             init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay,
             engine=self.engine, chunk_rows=self.batch_size, patience=self.patience,
             min_improvement=self.min_improvement, memory_budget_mb=self.memory_budget_mb,
-            precode_code=self.precode_code, latent=self.latent)
+            precode_code=self.precode_code, latent=self.latent, precision=self.precision)
         return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every,
                         victim_ids=victim_ids)
