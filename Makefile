@@ -11,8 +11,10 @@ STAMP := $(VENV)/.ppp-installed
 
 .PHONY: run test ui mlflow-server cluster-test dry-run paper-dry-run clean-results venv
 
+# Resumes by itself after a crash or kill -9 (tools/run_workflow.sh): a stale lock is removed only when
+# no run is alive here, and half-written outputs are redone.
 run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+	bash tools/run_workflow.sh $(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -1,7 +1,11 @@
 # ppp: gradient leakage, PRECODE, the targeted attack and PPP as one workflow.
 #   snakemake --cores 2                                  # offline default (config/config.yaml)
 #   snakemake --cores 8 --configfile config/paper.yaml   # the paper grid
+from snakemake.utils import min_version
+
 from ppp.config import ConfigError, validate_config
+
+min_version("9.0")
 
 
 configfile: "config/config.yaml"
@@ -23,8 +27,11 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
-        tables=expand("results/tables/{table}.csv", table=["reconstructions", "utility", "summary", "findings", "worst_case"]),
+        tables=expand(
+            "results/tables/{table}.csv",
+            table=["reconstructions", "utility", "summary", "findings", "worst_case"],
+        ),
         privacy_utility="results/plots/privacy_utility.png",
         grids=reconstruction_grids(),
-    default_target: True

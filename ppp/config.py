@@ -45,7 +45,35 @@ def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         raise ConfigError(_describe(error))
+    _check_datasets(config)
     return config
+
+
+def _check_datasets(config: dict[str, Any]) -> None:
+    """What the schema cannot say: a dataset that is not one of the field's needs its channels and a
+    source that can hold it, and a bundled source needs its file."""
+    from ppp.data import BUNDLED_DIR, DATASETS
+
+    for name, options in config.get("datasets", {}).items():
+        source = options.get("source", "bundled")
+        if name not in DATASETS:
+            if options.get("channels") is None:
+                raise ConfigError(f"config key 'datasets.{name}.channels': {name!r} is not one of the known "
+                                  f"datasets ({', '.join(DATASETS)}), so its channels (1 or 3) must be given")
+            if source == "torchvision":
+                raise ConfigError(f"config key 'datasets.{name}.source': torchvision knows only "
+                                  f"{', '.join(DATASETS)}; use imagefolder (or bundled with a path) for {name!r}")
+        for key in ("mean", "std"):
+            channels = options.get("channels") or DATASETS.get(name, {}).get("channels")
+            if options.get(key) is not None and len(options[key]) != channels:
+                raise ConfigError(f"config key 'datasets.{name}.{key}': needs {channels} value(s), one per channel, "
+                                  f"got {options[key]}")
+        if source == "bundled" and not options.get("path") and not (BUNDLED_DIR / f"{name}.npz").exists():
+            raise ConfigError(f"config key 'datasets.{name}.source': no bundled subset of {name!r} is shipped "
+                              f"(data/bundled has {', '.join(sorted(p.stem for p in BUNDLED_DIR.glob('*.npz')))}); "
+                              "give a path, or use torchvision or imagefolder with a root")
+        if source in ("torchvision", "imagefolder") and not options.get("root"):
+            raise ConfigError(f"config key 'datasets.{name}.root': source {source!r} needs a root folder")
 
 
 def attack_options(config: dict, arch: str, attack: str | None = None) -> dict:

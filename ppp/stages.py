@@ -41,21 +41,28 @@ def resolve_device(name: str) -> torch.device:
 # --- data -------------------------------------------------------------------------------------------
 
 def prepare_data(dataset: str, options: dict, seed: int, out_train: str, out_test: str, out_meta: str) -> dict:
-    if dataset not in data_lib.DATASETS:
-        raise ValueError(f"datasets: unknown dataset {dataset!r}; known: {sorted(data_lib.DATASETS)}")
-    facts = data_lib.DATASETS[dataset]
+    """Both splits of a dataset as uint8 tensors, and its meta.json: shapes, classes, normalisation
+    (the registry's, the config's, or computed from the training split) and checksums."""
+    data_lib.known_facts(dataset, options)  # a user's dataset without channels fails before loading
     size = int(options.get("image_size", 32))
-    counts = {}
-    for split, out, limit in (("train", out_train, options.get("train_examples")),
-                              ("test", out_test, options.get("test_examples"))):
+    counts, splits = {}, {}
+    for split, limit in (("train", options.get("train_examples")), ("test", options.get("test_examples"))):
         loaded = data_lib.load_split(dataset, options, train=split == "train")
-        if loaded.images.shape[1] != facts["channels"]:
-            raise ArtifactError(f"data.{dataset}: expected {facts['channels']} channels, "
-                                f"the source gives {loaded.images.shape[1]}")
+        if loaded.images.shape[0] == 0:
+            raise ArtifactError(f"datasets.{dataset}: the {split} split is empty")
         chosen = data_lib.subsample(loaded, limit, generator(derive_seed(seed, "subset", dataset, split)))
-        images = data_lib.resize_uint8(chosen.images, size)
-        save_tensors(out, {"images": images, "labels": chosen.labels})
-        counts[split] = int(images.shape[0])
+        splits[split] = data_lib.Split(data_lib.resize_uint8(chosen.images, size), chosen.labels)
+    facts = data_lib.dataset_facts(dataset, options, splits["train"])
+    for split, part in splits.items():
+        if part.images.shape[1] != facts["channels"]:
+            raise ArtifactError(f"datasets.{dataset}: expected {facts['channels']} channels, "
+                                f"the source gives {part.images.shape[1]}")
+        if int(part.labels.min()) < 0 or int(part.labels.max()) >= facts["num_classes"]:
+            raise ArtifactError(f"datasets.{dataset}: {split} labels must be in 0..{facts['num_classes'] - 1}, "
+                                f"got {int(part.labels.min())}..{int(part.labels.max())}")
+    for split, out in (("train", out_train), ("test", out_test)):
+        save_tensors(out, {"images": splits[split].images, "labels": splits[split].labels})
+        counts[split] = int(splits[split].images.shape[0])
     meta = dict(dataset=dataset, channels=facts["channels"], image_size=size, num_classes=facts["num_classes"],
                 mean=list(facts["mean"]), std=list(facts["std"]), source=options.get("source", "bundled"),
                 counts=counts, sha256={"train": sha256(out_train), "test": sha256(out_test)})
@@ -63,8 +70,9 @@ def prepare_data(dataset: str, options: dict, seed: int, out_train: str, out_tes
     return meta
 
 
-def prepare_victims(dataset: str, path: str, image_size: int, count: int, out: str) -> dict:
-    images, labels = data_lib.load_victims(path, dataset, image_size)
+def prepare_victims(dataset: str, path: str, image_size: int, count: int, out: str,
+                    facts: dict | None = None) -> dict:
+    images, labels = data_lib.load_victims(path, dataset, image_size, facts)
     if images.shape[0] < count:
         raise ArtifactError(f"{path}: has {images.shape[0]} victims, the config asks for {count}")
     save_tensors(out, {"images": images[:count], "labels": labels[:count]},

@@ -5,6 +5,17 @@ rule attack:
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
     output:
         reconstructions=f"{RESULTS}/attacks/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/{{state}}/{{attack}}/reconstructions.safetensors",
+    log:
+        f"{LOGS}/attack/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}_{{state}}_{{attack}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/attack/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}_{{state}}_{{attack}}.tsv"
+    conda:
+        "../envs/ppp.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+        gpu=gpu_request(),
     params:
         attack_options=lambda w: attack_options(config, w.arch, w.attack),
         model_options=lambda w: config["models"].get(w.arch, {}),
@@ -13,26 +24,8 @@ rule attack:
         has_precode=lambda w: needs_precode(w.defense),
         seed=config["seed"],
         device=config["device"],
-    log:
-        f"{LOGS}/attack/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}_{{state}}_{{attack}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/attack/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}_{{state}}_{{attack}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=240,
-        gpu=gpu_request(),
     script:
         "../scripts/attack.py"
-
-
-def cell_reconstructions(wildcards):
-    """Every attack cell of one (dataset, arch, state), in the order of the config."""
-    return [
-        f"{RESULTS}/attacks/{c['dataset']}/{c['arch']}/{c['defense']}/{c['sigma']}/{c['state']}/{c['attack']}/reconstructions.safetensors"
-        for c in attack_cells()
-        if (c["dataset"], c["arch"], c["state"]) == (wildcards.dataset, wildcards.arch, wildcards.state)
-    ]
 
 
 # One job per (dataset, arch, state) evaluates all its cells: metrics take milliseconds, a job seconds.
@@ -47,12 +40,14 @@ rule evaluate:
             caption="../report/overview.rst",
             category="Reconstructions",
         ),
-    params:
-        grid_images=config["report"]["grid_images"],
     log:
         f"{LOGS}/evaluate/{{dataset}}_{{arch}}_{{state}}.log",
+    conda:
+        "../envs/ppp.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        grid_images=config["report"]["grid_images"],
     script:
         "../scripts/evaluate.py"

@@ -5,6 +5,15 @@ rule capture:
         victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
     output:
         gradients=f"{RESULTS}/gradients/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/{{state}}.safetensors",
+    log:
+        f"{LOGS}/capture/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}_{{state}}.log",
+    conda:
+        "../envs/ppp.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        gpu=gpu_request(),
     params:
         model_options=lambda w: config["models"].get(w.arch, {}),
         precode=precode_params(),
@@ -13,12 +22,5 @@ rule capture:
         noise=noise_options(config),
         seed=config["seed"],
         device=config["device"],
-    log:
-        f"{LOGS}/capture/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}_{{state}}.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=gpu_request(),
     script:
         "../scripts/capture.py"

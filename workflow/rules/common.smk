@@ -1,8 +1,15 @@
 # Shared helpers: the grid of cells the config asks for, and the params every job gets.
 import os
 
-from ppp.config import (attack_options, defense_applies, defense_scales, model_mode, noise_options,
-                        training_options, victims_per_cell)
+from ppp.config import (
+    attack_options,
+    defense_applies,
+    defense_scales,
+    model_mode,
+    noise_options,
+    training_options,
+    victims_per_cell,
+)
 from ppp.defenses import DEFENSES, uses_noise
 from ppp.attacks.registry import attack_needs_precode
 
@@ -55,8 +62,14 @@ def attack_cells():
                     for attack in config["attacks"]:
                         if attack_needs_precode(attack) and not needs_precode(defense):
                             continue  # the targeted attack is defined by PRECODE's position
-                        yield dict(dataset=dataset, arch=arch, defense=defense, sigma=sigma, state=state,
-                                   attack=attack)
+                        yield dict(
+                            dataset=dataset,
+                            arch=arch,
+                            defense=defense,
+                            sigma=sigma,
+                            state=state,
+                            attack=attack,
+                        )
 
 
 def model_state_path(wildcards):
@@ -72,8 +85,12 @@ def max_victims():
 
 
 def reconstruction_grids():
-    return expand(f"{RESULTS}/plots/reconstructions_{{dataset}}_{{arch}}_{{state}}.png",
-                  dataset=list(config["datasets"]), arch=config["archs"], state=config["model_states"])
+    return expand(
+        f"{RESULTS}/plots/reconstructions_{{dataset}}_{{arch}}_{{state}}.png",
+        dataset=list(config["datasets"]),
+        arch=config["archs"],
+        state=config["model_states"],
+    )
 
 
 def precode_params():
@@ -83,7 +100,9 @@ def precode_params():
 def data_options(wildcards):
     """The dataset's source options; the victim path is left out so that changing it re-runs only
     what depends on the victims."""
-    return {k: v for k, v in config["datasets"][wildcards.dataset].items() if k != "victims"}
+    return {
+        k: v for k, v in config["datasets"][wildcards.dataset].items() if k != "victims"
+    }
 
 
 def data_source_files(wildcards):
@@ -91,7 +110,10 @@ def data_source_files(wildcards):
     if options.get("source", "bundled") == "bundled":
         # Relative to the working directory, so moving the clone does not change the input set.
         return options.get("path") or os.path.relpath(
-            os.path.join(workflow.basedir, "data", "bundled", f"{wildcards.dataset}.npz"))
+            os.path.join(
+                workflow.basedir, "data", "bundled", f"{wildcards.dataset}.npz"
+            )
+        )
     return []
 
 
@@ -99,3 +121,33 @@ def gpu_request():
     """GPU rules ask for one GPU unless the config pins the CPU; `--resources gpu=N` then keeps
     jobs from overlapping on one card."""
     return 0 if config["device"] == "cpu" else 1
+
+
+def cell_reconstructions(wildcards):
+    """Every attack cell of one (dataset, arch, state), in the order of the config."""
+    return [
+        f"{RESULTS}/attacks/{c['dataset']}/{c['arch']}/{c['defense']}/{c['sigma']}/{c['state']}/{c['attack']}/reconstructions.safetensors"
+        for c in attack_cells()
+        if (c["dataset"], c["arch"], c["state"])
+        == (wildcards.dataset, wildcards.arch, wildcards.state)
+    ]
+
+
+def evaluation_files():
+    return expand(
+        f"{RESULTS}/eval/{{dataset}}/{{arch}}/{{state}}/metrics.csv",
+        dataset=list(config["datasets"]),
+        arch=config["archs"],
+        state=config["model_states"],
+    )
+
+
+def utility_files():
+    if not config["training"]["enabled"]:
+        return []
+    return [
+        f"{RESULTS}/models/{dataset}/{arch}/{defense}/{sigma}/metrics.json"
+        for dataset in config["datasets"]
+        for arch in config["archs"]
+        for defense, sigma in defense_cells(arch)
+    ]

@@ -5,14 +5,16 @@ rule prepare_data:
         train=f"{RESULTS}/data/{{dataset}}/train.safetensors",
         test=f"{RESULTS}/data/{{dataset}}/test.safetensors",
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
-    params:
-        options=data_options,
-        seed=config["seed"],
     log:
         f"{LOGS}/prepare_data/{{dataset}}.log",
+    conda:
+        "../envs/ppp.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        options=data_options,
+        seed=config["seed"],
     script:
         "../scripts/prepare_data.py"
 
@@ -23,12 +25,14 @@ rule prepare_victims:
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
     output:
         victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
-    params:
-        num_victims=max_victims(),
     log:
         f"{LOGS}/prepare_victims/{{dataset}}.log",
+    conda:
+        "../envs/ppp.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        num_victims=max_victims(),
     script:
         "../scripts/prepare_victims.py"

@@ -3,15 +3,17 @@ rule init_model:
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
     output:
         model=f"{RESULTS}/models/{{dataset}}/{{arch}}/{{variant}}/init.safetensors",
+    log:
+        f"{LOGS}/init_model/{{dataset}}_{{arch}}_{{variant}}.log",
+    conda:
+        "../envs/ppp.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=5,
     params:
         model_options=lambda w: config["models"].get(w.arch, {}),
         precode=precode_params(),
         seed=config["seed"],
-    log:
-        f"{LOGS}/init_model/{{dataset}}_{{arch}}_{{variant}}.log",
-    resources:
-        mem_mb=2000,
-        runtime=5,
     script:
         "../scripts/init_model.py"
 
@@ -25,6 +27,17 @@ rule train:
     output:
         model=f"{RESULTS}/models/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/trained.safetensors",
         metrics=f"{RESULTS}/models/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/metrics.json",
+    log:
+        f"{LOGS}/train/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}.tsv"
+    conda:
+        "../envs/ppp.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=gpu_request(),
     params:
         model_options=lambda w: config["models"].get(w.arch, {}),
         precode=precode_params(),
@@ -32,14 +45,5 @@ rule train:
         noise=noise_options(config),
         seed=config["seed"],
         device=config["device"],
-    log:
-        f"{LOGS}/train/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
-        gpu=gpu_request(),
     script:
         "../scripts/train.py"

@@ -8,8 +8,14 @@ import time
 
 def git_commit():
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=workflow.basedir, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=workflow.basedir,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -21,17 +27,27 @@ def mirror_to_mlflow():
     from ppp.tracking import mirror_records
 
     settings = tracking_settings(config)
-    invocation = {"run_name": "snakemake " + time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "mlflow.user": getpass.getuser(), "mlflow.source.name": "Snakefile",
-                  "configfiles": " ".join(map(str, workflow.configfiles))}
+    invocation = {
+        "run_name": "snakemake " + time.strftime("%Y-%m-%d %H:%M:%S"),
+        "mlflow.user": getpass.getuser(),
+        "mlflow.source.name": "Snakefile",
+        "configfiles": " ".join(map(str, workflow.configfiles)),
+    }
     commit = git_commit()
     if commit:
         invocation["mlflow.source.git.commit"] = commit
-    parent = mirror_records(RECORDS_DIR, settings["uri"], settings["experiment"],
-                            f"{RESULTS}/mlflow/artifacts", invocation)
+    parent = mirror_records(
+        RECORDS_DIR,
+        settings["uri"],
+        settings["experiment"],
+        f"{RESULTS}/mlflow/artifacts",
+        invocation,
+    )
     if parent:
-        print(f"MLflow: this run's jobs are nested under run {parent} of experiment "
-              f"{settings['experiment']!r} at {settings['uri']}")
+        print(
+            f"MLflow: this run's jobs are nested under run {parent} of experiment "
+            f"{settings['experiment']!r} at {settings['uri']}"
+        )
 
 
 onsuccess:

@@ -1,3 +1,5 @@
+import ppp_path  # noqa: F401  (first: ppp from this checkout, in any software environment)
+
 import logging
 
 from ppp import stages

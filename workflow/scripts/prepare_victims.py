@@ -1,3 +1,5 @@
+import ppp_path  # noqa: F401  (first: ppp from this checkout, in any software environment)
+
 from ppp import stages
 from ppp.io import read_json
 from ppp.jobs import job
@@ -5,4 +7,4 @@ from ppp.jobs import job
 with job(snakemake, {"victims": snakemake.input.victims, "count": snakemake.params.num_victims}) as run:
     meta = read_json(snakemake.input.meta)
     stages.prepare_victims(snakemake.wildcards.dataset, snakemake.input.victims, meta["image_size"],
-                           snakemake.params.num_victims, snakemake.output.victims)
+                           snakemake.params.num_victims, snakemake.output.victims, facts=meta)

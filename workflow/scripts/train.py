@@ -1,3 +1,5 @@
+import ppp_path  # noqa: F401  (first: ppp from this checkout, in any software environment)
+
 from ppp import stages
 from ppp.jobs import job
 from ppp.models import PrecodeSpec
