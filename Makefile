@@ -9,7 +9,7 @@ MLFLOW_PORT ?= 5000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ppp-installed
 
-.PHONY: run test ui mlflow-server cluster-test dry-run paper-dry-run clean-results venv
+.PHONY: run test lint ui mlflow-server cluster-test dry-run paper-dry-run clean-results venv
 
 # Resumes by itself after a crash or kill -9 (tools/run_workflow.sh): a stale lock is removed only when
 # no run is alive here, and half-written outputs are redone.
@@ -18,6 +18,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The workflow's conventions: Snakemake's linter, snakefmt, and the per-rule conda env in step with the pins.
+lint: $(STAMP)
+	$(BIN)/snakemake --lint --configfile $(CONFIG)
+	$(BIN)/snakefmt --check .
+	$(BIN)/python tools/conda_env.py --check
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile $(CONFIG) $(SNAKEMAKE_ARGS)

@@ -3,7 +3,7 @@
 #   snakemake --cores 8 --configfile config/paper.yaml   # the paper grid
 from snakemake.utils import min_version
 
-from ppp.config import ConfigError, validate_config
+from ppp.config import ConfigError, check_victim_files, validate_config
 
 min_version("9.0")
 
@@ -13,6 +13,7 @@ configfile: "config/config.yaml"
 
 try:
     validate_config(config)
+    check_victim_files(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 

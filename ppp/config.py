@@ -49,6 +49,34 @@ def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     return config
 
 
+def check_victim_files(config: dict[str, Any], base: str | Path = ".") -> None:
+    """Read every configured victim file before any job starts (they are small), so that a bad one
+    (non-finite pixels, none at all, wrong shape or labels, too few for the config) stops the run with
+    one message naming it. A missing file is left to Snakemake, which names it as a missing input."""
+    from ppp.data import DATASETS, load_victims
+    from ppp.io import ArtifactError
+
+    for name, options in config.get("datasets", {}).items():
+        path = Path(base) / options["victims"]
+        if not path.is_file():
+            continue
+        facts = {**{k: v for k, v in DATASETS.get(name, {}).items()}, **{k: options[k] for k in
+                                                                          ("channels", "num_classes") if options.get(k)}}
+        facts.setdefault("num_classes", 2 ** 31)  # a user's dataset: its classes are known once its data is read
+        try:
+            images, _ = load_victims(path, name, int(options.get("image_size", 32)), facts)
+        except (ArtifactError, ValueError) as err:
+            raise ConfigError(f"config key 'datasets.{name}.victims': {err}") from None
+        wanted = _max_victims(config)
+        if images.shape[0] < wanted:
+            raise ConfigError(f"config key 'datasets.{name}.victims': {path} has {images.shape[0]} victims, "
+                              f"the config attacks {wanted} per cell (attack.*.victims)")
+
+
+def _max_victims(config: dict[str, Any]) -> int:
+    return max(victims_per_cell(config, arch) for arch in config.get("archs", []) or ["-"])
+
+
 def _check_datasets(config: dict[str, Any]) -> None:
     """What the schema cannot say: a dataset that is not one of the field's needs its channels and a
     source that can hold it, and a bundled source needs its file."""

@@ -17,6 +17,26 @@ import torch
 from ppp.tracking import JobRecord, resolve_tracking_uri
 
 RECORDS_DIR = "results/mlflow/records"
+# One line per failed job (its error), printed by the workflow's onerror handler: a bad input shows on
+# the console as the file or key and what is wrong, not as "check log file(s)".
+FAILURES_DIR = "results/logs/failures"
+
+
+def library_versions() -> dict[str, str]:
+    import platform
+
+    import numpy
+
+    import ppp
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "ppp": getattr(ppp, "__version__", "0")}
+
+
+def failure_line(rule: str, wildcards: dict, err: BaseException) -> str:
+    where = ", ".join(f"{k}={v}" for k, v in wildcards.items())
+    message = " ".join(str(err).split()) or type(err).__name__
+    return f"{rule}{f' ({where})' if where else ''}: {message}"
 
 
 def configure(threads: int, log_path: str | None) -> None:
@@ -39,8 +59,37 @@ def job(smk, params: dict | None = None) -> Iterator[JobRecord]:
     enabled = smk.config.get("mlflow", {}).get("enabled", True)
     tags = {"rule": smk.rule, **{f"wildcard.{k}": v for k, v in wildcards.items()}}
     run_name = "/".join([smk.rule] + [str(v) for v in wildcards.values()])
-    with JobRecord(RECORDS_DIR if enabled else None, run_name, tags, {**wildcards, **(params or {})}) as run:
-        yield run
+    # What makes runs comparable across invocations: the seed and device the job ran with, and the
+    # libraries' versions (the git commit and user are set by the mirror, once per invocation).
+    common = {"seed": smk.config.get("seed"), "device": smk.config.get("device"),
+              **{f"version.{k}": v for k, v in library_versions().items()}}
+    failure = os.path.join(FAILURES_DIR, run_name.replace("/", "__") + ".txt")
+    with contextlib.suppress(OSError):
+        os.remove(failure)
+    try:
+        with JobRecord(RECORDS_DIR if enabled else None, run_name, tags,
+                       {**common, **wildcards, **(params or {})}) as run:
+            yield run
+    except Exception as err:
+        logging.getLogger("ppp.jobs").exception("job failed")
+        with contextlib.suppress(OSError):
+            os.makedirs(FAILURES_DIR, exist_ok=True)
+            with open(failure, "w") as handle:
+                handle.write(failure_line(smk.rule, wildcards, err) + "\n")
+        raise
+
+
+def failures_since(started: float) -> list[str]:
+    """The one-line errors of the jobs that failed since `started` (a time.time())."""
+    lines = []
+    if os.path.isdir(FAILURES_DIR):
+        for name in sorted(os.listdir(FAILURES_DIR)):
+            path = os.path.join(FAILURES_DIR, name)
+            with contextlib.suppress(OSError):
+                if os.path.getmtime(path) >= started:
+                    with open(path) as handle:
+                        lines.append(handle.read().strip())
+    return lines
 
 
 def tracking_settings(config: dict) -> dict:

@@ -75,9 +75,10 @@ def prepare_victims(dataset: str, path: str, image_size: int, count: int, out: s
     images, labels = data_lib.load_victims(path, dataset, image_size, facts)
     if images.shape[0] < count:
         raise ArtifactError(f"{path}: has {images.shape[0]} victims, the config asks for {count}")
+    digest = sha256(path)
     save_tensors(out, {"images": images[:count], "labels": labels[:count]},
-                 metadata={"source": str(path), "source_sha256": sha256(path)})
-    return {"victims": count, "source": str(path)}
+                 metadata={"source": str(path), "source_sha256": digest})
+    return {"victims": count, "source": str(path), "sha256": digest}
 
 
 def load_split_tensors(path: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,18 +224,24 @@ def parse_cell(reconstructions_path: str) -> dict:
                 model_state=state)
 
 
+def attack_run_name(reconstructions_path: str) -> str:
+    """The run name of the attack job that wrote these reconstructions (rule, then its wildcards)."""
+    return "/".join(["attack", *Path(reconstructions_path).parts[-7:-1]])
+
+
 def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: str, out_grid: str,
-                   grid_images: int = 8) -> dict[str, float]:
+                   grid_images: int = 8) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Per-victim MSE, PSNR and SSIM of every cell; only this stage reads both victims and reconstructions.
 
     Writes one CSV row per victim per cell and a grid (originals above each cell's reconstructions);
-    returns each cell's mean metrics, keyed for MLflow."""
+    returns each cell's mean metrics keyed for the evaluate run, and each cell's mean and median
+    metrics keyed by the attack run that made it (so every attack run shows its own quality)."""
     import pandas as pd
 
     from ppp.report import RECONSTRUCTION_COLUMNS, reconstruction_grid, write_csv
 
     victims = load_tensors(victims_path, required=("images", "labels"))
-    rows, grid_rows, means = [], [], {}
+    rows, grid_rows, means, per_attack_run = [], [], {}, {}
     for path in reconstruction_paths:
         cell = parse_cell(path)
         recon = load_tensors(path, required=("images",))["images"]
@@ -245,11 +252,15 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
                           **image_metrics(victims["images"][i], recon[i])) for i in range(recon.shape[0])]
         rows += cell_rows
         key = f"{cell['attack']}.{cell['defense']}.{cell['noise_scale']:g}"
+        own = {}
         for metric in ("mse", "psnr", "ssim"):
-            means[f"{metric}_mean.{key}"] = sum(r[metric] for r in cell_rows) / len(cell_rows)
+            values = torch.tensor([r[metric] for r in cell_rows], dtype=torch.float64)
+            means[f"{metric}_mean.{key}"] = float(values.mean())
+            own[f"{metric}_mean"], own[f"{metric}_median"] = float(values.mean()), float(values.quantile(0.5))
+        per_attack_run[attack_run_name(path)] = own
         title = f"{cell['attack']}\n{cell['defense']}" + (f" {cell['noise_scale']:g}" if cell["noise_scale"] else "")
         grid_rows.append((title, recon))
     write_csv(pd.DataFrame(rows, columns=RECONSTRUCTION_COLUMNS), out_csv)
     n = max((r.shape[0] for _, r in grid_rows), default=1)
     reconstruction_grid(victims["images"][:n], grid_rows, out_grid, max_images=grid_images)
-    return means
+    return means, per_attack_run

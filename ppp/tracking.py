@@ -74,6 +74,8 @@ class JobRecord:
         self.params = flatten(params or {})
         self.metrics: list[tuple[str, float, int, int]] = []  # key, value, timestamp ms, step
         self.artifacts: list[tuple[str, str | None]] = []
+        self.inputs: list[dict] = []  # datasets the job read (MLflow run inputs)
+        self.attachments: list[dict] = []  # metrics for another job's run (the evaluate job's per-cell quality)
         self.start_ms = int(time.time() * 1000)
 
     def __enter__(self) -> "JobRecord":
@@ -89,13 +91,24 @@ class JobRecord:
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.artifacts.append((str(Path(path).resolve()), artifact_path))
 
+    def log_input(self, name: str, digest: str, source: str, context: str, profile: Mapping | None = None) -> None:
+        """A dataset the job read, with its checksum: an MLflow dataset input of the run."""
+        self.inputs.append(dict(name=name, digest=digest, source=source, context=context,
+                                profile=json.dumps(dict(profile or {}), sort_keys=True)))
+
+    def attach_metrics(self, run_name: str, metrics: Mapping[str, float]) -> None:
+        """Metrics that belong to another job's run (found by its run name when mirrored)."""
+        self.attachments.append(dict(run_name=run_name, metrics={k: float(v) for k, v in metrics.items()},
+                                     timestamp=int(time.time() * 1000)))
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.path is None:
             return
         from ppp.io import write_json
 
         record = dict(record_id=uuid.uuid4().hex, run_name=self.run_name, tags=self.tags, params=self.params,
-                      metrics=self.metrics, artifacts=self.artifacts, start_ms=self.start_ms,
+                      metrics=self.metrics, artifacts=self.artifacts, inputs=self.inputs,
+                      attachments=self.attachments, start_ms=self.start_ms,
                       end_ms=int(time.time() * 1000), status="FAILED" if exc_type else "FINISHED")
         try:
             write_json(self.path, record)
@@ -111,6 +124,14 @@ def _read_records(records_dir: Path) -> list[dict]:
         except (OSError, json.JSONDecodeError) as err:
             log.warning("skipping unreadable run record %s: %s", path, err)
     return records
+
+
+def _latest_run_id(client, experiment_id: str, run_name: str) -> str | None:
+    """The newest run of that name (a job mirrored by an earlier invocation)."""
+    quoted = run_name.replace("'", "\\'")
+    found = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{quoted}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0].info.run_id if found else None
 
 
 def mirror_records(records_dir: str | os.PathLike, tracking_uri: str, experiment: str,
@@ -134,7 +155,7 @@ def mirror_records(records_dir: str | os.PathLike, tracking_uri: str, experiment
     from ppp.io import write_json
 
     try:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
         from mlflow.tracking import MlflowClient
 
         experiment_id = init_backend(tracking_uri, experiment, artifact_root)
@@ -144,9 +165,12 @@ def mirror_records(records_dir: str | os.PathLike, tracking_uri: str, experiment
                                    start_time=min(r["start_ms"] for r in pending),
                                    tags={"ppp.kind": "invocation", **info})
         parent_id = parent.info.run_id
+        # Every job run carries who ran it and from which commit, as the parent does.
+        shared = {k: v for k, v in info.items() if k.startswith("mlflow.")}
+        run_ids: dict[str, str] = {}
         failed = False
         for record in sorted(pending, key=lambda r: r["start_ms"]):
-            tags = {**record["tags"], "mlflow.parentRunId": parent_id}
+            tags = {**shared, **record["tags"], "mlflow.parentRunId": parent_id}
             run = client.create_run(experiment_id, run_name=record["run_name"], start_time=record["start_ms"],
                                     tags=tags)
             run_id = run.info.run_id
@@ -154,13 +178,29 @@ def mirror_records(records_dir: str | os.PathLike, tracking_uri: str, experiment
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in record["metrics"]]
             for start in range(0, max(len(params), len(metrics)), 100):
                 client.log_batch(run_id, params=params[start:start + 100], metrics=metrics[start:start + 100])
+            if record.get("inputs"):
+                client.log_inputs(run_id, datasets=[
+                    DatasetInput(Dataset(name=i["name"], digest=i["digest"][:36], source_type="local",
+                                         source=json.dumps({"uri": i["source"]}), profile=i["profile"]),
+                                 tags=[InputTag("mlflow.data.context", i["context"])])
+                    for i in record["inputs"]])
             for path, artifact_path in record["artifacts"]:
                 if Path(path).exists():
                     client.log_artifact(run_id, path, artifact_path)
             client.set_terminated(run_id, status=record["status"], end_time=record["end_ms"])
+            run_ids[record["run_name"]] = run_id
             failed = failed or record["status"] != "FINISHED"
             mirrored.add(record["record_id"])
             write_json(ledger_path, sorted(mirrored))
+        for record in pending:
+            for attached in record.get("attachments", []):
+                target = run_ids.get(attached["run_name"]) or _latest_run_id(client, experiment_id,
+                                                                             attached["run_name"])
+                if target is None:
+                    log.warning("MLflow: no run named %s to attach metrics to", attached["run_name"])
+                    continue
+                client.log_batch(target, metrics=[Metric(k, v, attached["timestamp"], 0)
+                                                  for k, v in attached["metrics"].items()])
         client.set_terminated(parent_id, status="FAILED" if failed else "FINISHED",
                               end_time=max(r["end_ms"] for r in pending))
         return parent_id

@@ -96,6 +96,23 @@ def test_every_job_is_an_mlflow_run_nested_under_the_invocation(finished_run):
     assert len(attack_runs) == 11 and all("wildcard.defense" in r.data.tags for r in attack_runs)
     assert {r.data.params["attack"] for r in attack_runs} == {"ig", "ig_targeted", "latent", "analytic"}
     assert all(r.info.status == "FINISHED" for r in runs)
+    # Each attack run carries its own cell's quality (attached by the evaluate job), equal to the table's.
+    recon = pd.read_csv(workdir / "results" / "tables" / "reconstructions.csv")
+    for run in attack_runs:
+        tags = run.data.tags
+        cell = recon[(recon.defense == tags["wildcard.defense"]) & (recon.attack == tags["wildcard.attack"])
+                     & (recon.noise_scale == float(tags["wildcard.sigma"]))]
+        assert run.data.metrics["ssim_median"] == pytest.approx(cell.ssim.median(), abs=1e-6)
+        assert run.data.metrics["psnr_mean"] == pytest.approx(cell.psnr.mean(), abs=1e-4)
+    # Params that compare across runs, and who ran what from which commit.
+    for run in jobs:
+        assert {"seed", "device", "version.torch", "version.ppp"} <= set(run.data.params)
+        assert run.data.tags.get("mlflow.user") and run.data.tags.get("mlflow.source.git.commit") is not None
+    # The data a job read is an MLflow dataset input with its checksum.
+    prepare = next(r for r in jobs if r.data.tags["rule"] == "prepare_data")
+    inputs = client.get_run(prepare.info.run_id).inputs.dataset_inputs
+    assert {i.dataset.name for i in inputs} == {"mnist/train", "mnist/test"}
+    assert all(len(i.dataset.digest) >= 16 for i in inputs)
 
 
 def test_rerun_does_nothing_and_new_victims_rerun_only_what_depends_on_them(finished_run):

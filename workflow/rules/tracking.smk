@@ -1,9 +1,13 @@
-# The MLflow mirror: jobs leave run records under results/mlflow/records/; when the workflow ends
-# (successfully or not), the records this invocation added are logged as runs nested under one parent
-# run. One process writes the backend, so parallel jobs never race on it.
+# When the workflow ends. The MLflow mirror: jobs leave run records under results/mlflow/records/;
+# when the workflow ends (successfully or not), the records this invocation added are logged as runs
+# nested under one parent run. One process writes the backend, so parallel jobs never race on it.
+# On failure, each failed job's error is printed as one line (the file or key, and what is wrong).
 import getpass
 import subprocess
+import sys
 import time
+
+WORKFLOW_STARTED = time.time()
 
 
 def git_commit():
@@ -54,5 +58,20 @@ onsuccess:
     mirror_to_mlflow()
 
 
+def report_failures():
+    from ppp.jobs import failures_since
+
+    lines = failures_since(WORKFLOW_STARTED)
+    for line in lines:
+        print(f"ppp: error in {line}", file=sys.stderr)
+    if lines:
+        print(
+            f"ppp: {len(lines)} job(s) failed; their logs are under {LOGS}/, finished outputs are kept "
+            "and the next run continues from them",
+            file=sys.stderr,
+        )
+
+
 onerror:
+    report_failures()
     mirror_to_mlflow()

@@ -4,9 +4,11 @@ from ppp import stages
 from ppp.jobs import job
 
 with job(snakemake) as run:
-    summary = stages.evaluate_cells(snakemake.input.reconstructions, snakemake.input.victims,
+    summary, per_attack_run = stages.evaluate_cells(snakemake.input.reconstructions, snakemake.input.victims,
                                     snakemake.output.metrics, snakemake.output.grid,
                                     grid_images=snakemake.params.grid_images)
     run.log_metrics(summary)
+    for run_name, metrics in per_attack_run.items():
+        run.attach_metrics(run_name, metrics)
     run.log_artifact(snakemake.output.metrics)
     run.log_artifact(snakemake.output.grid)

@@ -8,3 +8,6 @@ with job(snakemake, {"options": snakemake.params.options}) as run:
                                snakemake.output.train, snakemake.output.test, snakemake.output.meta)
     run.log_metrics({f"{split}_examples": n for split, n in meta["counts"].items()})
     run.log_artifact(snakemake.output.meta)
+    for split in ("train", "test"):
+        run.log_input(f"{meta['dataset']}/{split}", meta["sha256"][split], snakemake.output[split], split,
+                      {"examples": meta["counts"][split], "source": meta["source"]})

@@ -6,5 +6,7 @@ from ppp.jobs import job
 
 with job(snakemake, {"victims": snakemake.input.victims, "count": snakemake.params.num_victims}) as run:
     meta = read_json(snakemake.input.meta)
-    stages.prepare_victims(snakemake.wildcards.dataset, snakemake.input.victims, meta["image_size"],
+    info = stages.prepare_victims(snakemake.wildcards.dataset, snakemake.input.victims, meta["image_size"],
                            snakemake.params.num_victims, snakemake.output.victims, facts=meta)
+    run.log_input(f"{snakemake.wildcards.dataset}/victims", info["sha256"], info["source"], "victims",
+                  {"examples": info["victims"]})

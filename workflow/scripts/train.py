@@ -1,6 +1,7 @@
 import ppp_path  # noqa: F401  (first: ppp from this checkout, in any software environment)
 
 from ppp import stages
+from ppp.io import read_json
 from ppp.jobs import job
 from ppp.models import PrecodeSpec
 from ppp.training import TrainingConfig
@@ -15,3 +16,6 @@ with job(snakemake, {"training": p.training, "model": p.model_options, "precode"
         snakemake.output.model, snakemake.output.metrics)
     run.log_metrics({k: metrics[k] for k in ("test_accuracy", "train_seconds", "steps", "epsilon") if k in metrics})
     run.log_artifact(snakemake.output.metrics)
+    meta = read_json(snakemake.input.meta)
+    run.log_input(f"{w.dataset}/train", meta["sha256"]["train"], snakemake.input.train, "training",
+                  {"examples": meta["counts"]["train"]})
