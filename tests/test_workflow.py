@@ -174,3 +174,41 @@ def test_an_image_folder_dataset_named_by_the_user_runs_end_to_end(tmp_path):
     assert set(recon.dataset) == {"my_scans"} and len(recon) == 3 * 2  # none/ig, precode/ig, precode/ig_targeted
     utility = pd.read_csv(tmp_path / "results" / "tables" / "utility.csv")
     assert set(utility.defense) == {"none", "precode"} and (utility.test_examples == 8).all()
+
+
+def test_make_run_resumes_after_kill_9_and_never_unlocks_a_live_run(tmp_path, finished_run):
+    """tools/run_workflow.sh (make run): a second start while a run is going is refused; after the run
+    is killed with SIGKILL mid-way, the next start removes the stale lock, keeps what was complete and
+    gives the tables an uninterrupted run gives."""
+    import os
+    import signal
+    import time
+
+    reference, config = finished_run
+    shutil.copy(reference / "victims.npz", tmp_path / "victims.npz")
+    config = {**config, "datasets": {"mnist": {**config["datasets"]["mnist"], "victims": str(tmp_path / "victims.npz")}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    wrapper = [str(REPO / "tools" / "run_workflow.sh"), str(Path(sys.executable).parent / "snakemake"),
+               "-s", str(REPO / "Snakefile"), "--cores", "2", "--configfile", str(tmp_path / "config.yaml")]
+    first = subprocess.Popen(wrapper, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    attacks = tmp_path / "results" / "attacks"
+    deadline = time.time() + 300
+    # Some attacks finished and registered by Snakemake (a just-written output still counts as incomplete).
+    while time.time() < deadline and len(list(attacks.rglob("reconstructions.safetensors"))) < 4:
+        time.sleep(0.5)
+    time.sleep(3)
+    second = subprocess.run(wrapper, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1 and "another 'make run' is running" in second.stderr
+    os.kill(first.pid, signal.SIGKILL)  # the wrapper exec'd Snakemake: this is its main process
+    first.wait()
+    assert not (tmp_path / "results" / "tables" / "summary.csv").exists()
+    done_before = {p: p.stat().st_mtime for p in attacks.rglob("reconstructions.safetensors")}
+    resumed = subprocess.run(wrapper, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "removing its stale lock and resuming" in resumed.stdout
+    complete = {p: t for p, t in done_before.items() if p.stat().st_mtime == t}
+    assert complete, "every finished attack was redone"
+    for table in ("reconstructions.csv", "utility.csv", "findings.csv"):
+        assert (tmp_path / "results" / "tables" / table).read_text() == \
+            (reference / "results" / "tables" / table).read_text(), table
