@@ -81,3 +81,58 @@ def test_mirror_failure_is_a_warning_and_keeps_the_records(tmp_path, caplog):
         assert mirror_records(records, f"sqlite:///{blocker}/sub/m.db", "exp", None) is None
     assert "MLflow mirror failed" in caplog.text
     assert list(records.glob("*.json")) and not (tmp_path / "mirrored.json").exists()
+
+
+def test_every_config_key_in_the_schema_is_described():
+    """The schema is the config's reference (README): a key without a description is undocumented."""
+    import yaml
+
+    from ppp.config import SCHEMA_PATH
+
+    missing = []
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        for key, sub in (node.get("properties") or {}).items():
+            if isinstance(sub, dict) and "description" not in sub and "$ref" not in sub:
+                missing.append(f"{path}{key}")
+            walk(sub, f"{path}{key}.")
+        for child in ("additionalProperties", "items"):
+            walk(node.get(child), path)
+        for name, sub in (node.get("$defs") or {}).items():
+            walk(sub, f"$defs.{name}.")
+
+    walk(yaml.safe_load(SCHEMA_PATH.read_text()), "")
+    assert not missing, missing
+
+
+def _write_record(records, index):
+    with JobRecord(records, f"attack/mnist/mlp/none/0/init/ig{index}", {"rule": "attack"}, {"attack": f"ig{index}"}) as run:
+        run.log_metrics({"loss": float(index)})
+
+
+def test_eight_jobs_recording_at_once_lose_no_run_and_attached_metrics_find_their_run(tmp_path):
+    import multiprocessing
+
+    from mlflow.tracking import MlflowClient
+
+    records, uri = tmp_path / "records", sqlite_uri(tmp_path / "m.db")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_record, args=(records, i)) for i in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    with JobRecord(records, "evaluate/mnist/mlp/init", {"rule": "evaluate"}) as run:
+        run.attach_metrics("attack/mnist/mlp/none/0/init/ig3", {"ssim_median": 0.25})
+    mirror_records(records, uri, "exp", None, {"run_name": "snakemake now"})
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("exp").experiment_id])}
+    assert {f"attack/mnist/mlp/none/0/init/ig{i}" for i in range(8)} <= set(runs) and len(runs) == 10
+    assert runs["attack/mnist/mlp/none/0/init/ig3"].data.metrics == {"loss": 3.0, "ssim_median": 0.25}
+    # An evaluation re-run alone attaches to the attack run an earlier invocation mirrored.
+    with JobRecord(records, "evaluate/mnist/mlp/init", {"rule": "evaluate"}) as run:
+        run.attach_metrics("attack/mnist/mlp/none/0/init/ig5", {"ssim_median": 0.5})
+    mirror_records(records, uri, "exp", None)
+    assert client.get_run(runs["attack/mnist/mlp/none/0/init/ig5"].info.run_id).data.metrics["ssim_median"] == 0.5
