@@ -13,7 +13,7 @@ import torch
 from ppp.io import atomic_path, read_json
 
 CELL = ["dataset", "arch", "defense", "noise_scale", "attack", "model_state"]
-RECONSTRUCTION_COLUMNS = CELL + ["victim", "label", "mse", "psnr", "ssim"]
+RECONSTRUCTION_COLUMNS = CELL + ["victim", "label", "mse", "psnr", "ssim", "lpips"]  # lpips: empty where off
 UTILITY_COLUMNS = ["dataset", "arch", "defense", "noise_scale", "test_accuracy", "test_accuracy_ci95",
                    "test_examples", "epsilon", "delta", "test_accuracy_per_epoch"]
 DEFENSE_ORDER = ["none", "noise", "precode", "ppp", "ppp_encoder", "ppp_no_decoder", "dpsgd"]
@@ -75,6 +75,7 @@ def summarize(reconstructions: pd.DataFrame, utility: pd.DataFrame, success_ssim
         mse_mean=("mse", "mean"), mse_median=("mse", "median"),
         psnr_mean=("psnr", "mean"), psnr_median=("psnr", "median"),
         ssim_mean=("ssim", "mean"), ssim_median=("ssim", "median"),
+        lpips_mean=("lpips", "mean"), lpips_median=("lpips", "median"),
         success_rate=("ssim", lambda s: float((s >= success_ssim).mean())),
     ).reset_index()
     summary = summary.merge(utility[MODEL_CELL + ["test_accuracy", "test_accuracy_ci95", "epsilon"]], on=MODEL_CELL,

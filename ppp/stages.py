@@ -230,12 +230,13 @@ def attack_run_name(reconstructions_path: str) -> str:
 
 
 def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: str, out_grid: str,
-                   grid_images: int = 8) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+                   grid_images: int = 8, lpips=None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Per-victim MSE, PSNR and SSIM of every cell; only this stage reads both victims and reconstructions.
 
     Writes one CSV row per victim per cell and a grid (originals above each cell's reconstructions);
     returns each cell's mean metrics keyed for the evaluate run, and each cell's mean and median
-    metrics keyed by the attack run that made it (so every attack run shows its own quality)."""
+    metrics keyed by the attack run that made it (so every attack run shows its own quality). `lpips`
+    (ppp.lpips_metric.load_lpips) adds LPIPS; without it the column stays empty."""
     import pandas as pd
 
     from ppp.report import RECONSTRUCTION_COLUMNS, reconstruction_grid, write_csv
@@ -249,11 +250,13 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
             raise ArtifactError(f"{path}: reconstructions {tuple(recon.shape)} do not match the victims "
                                 f"{tuple(victims['images'].shape)} of {victims_path}")
         cell_rows = [dict(cell, victim=i, label=int(victims["labels"][i]),
-                          **image_metrics(victims["images"][i], recon[i])) for i in range(recon.shape[0])]
+                          **image_metrics(victims["images"][i], recon[i]),
+                          lpips=lpips(victims["images"][i], recon[i]) if lpips else float("nan"))
+                     for i in range(recon.shape[0])]
         rows += cell_rows
         key = f"{cell['attack']}.{cell['defense']}.{cell['noise_scale']:g}"
         own = {}
-        for metric in ("mse", "psnr", "ssim"):
+        for metric in ("mse", "psnr", "ssim") + (("lpips",) if lpips else ()):
             values = torch.tensor([r[metric] for r in cell_rows], dtype=torch.float64)
             means[f"{metric}_mean.{key}"] = float(values.mean())
             own[f"{metric}_mean"], own[f"{metric}_median"] = float(values.mean()), float(values.quantile(0.5))

@@ -49,5 +49,7 @@ rule evaluate:
         runtime=5,
     params:
         grid_images=config["report"]["grid_images"],
+        lpips=config["report"]["lpips"],
+        lpips_weights=config["report"]["lpips_weights"],
     script:
         "../scripts/evaluate.py"
