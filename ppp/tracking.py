@@ -21,6 +21,7 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "ppp"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 
 def sqlite_uri(path: str | os.PathLike) -> str:
@@ -51,11 +52,18 @@ def init_backend(tracking_uri: str, experiment: str, artifact_root: str | os.Pat
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
-        return found.experiment_id
-    # A tracking server stores (or proxies) artifacts itself; a local backend gets a folder under results/.
-    served = tracking_uri.startswith(("http://", "https://"))
-    location = Path(artifact_root).resolve().as_uri() if artifact_root and not served else None
-    return client.create_experiment(experiment, artifact_location=location)
+        experiment_id = found.experiment_id
+        tags = found.tags
+    else:
+        # A tracking server stores (or proxies) artifacts itself; a local backend gets a folder under results/.
+        served = tracking_uri.startswith(("http://", "https://"))
+        location = Path(artifact_root).resolve().as_uri() if artifact_root and not served else None
+        experiment_id, tags = client.create_experiment(experiment, artifact_location=location), {}
+    if EXPERIMENT_KIND_TAG not in tags:
+        # MLflow 3's UI opens an experiment without a kind on its GenAI pages (traces); this one is
+        # model training, so it opens on the runs table.
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+    return experiment_id
 
 
 def _record_file_name(run_name: str) -> str:

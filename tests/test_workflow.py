@@ -85,6 +85,7 @@ def test_every_job_is_an_mlflow_run_nested_under_the_invocation(finished_run):
     workdir, _ = finished_run
     client = MlflowClient(f"sqlite:///{workdir / 'results' / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ppp")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("ppp.kind") == "invocation"]
     assert len(parents) == 1  # the re-run test below runs after this one and only dry-runs
