@@ -53,49 +53,45 @@ def check_victim_files(config: dict[str, Any], base: str | Path = ".") -> None:
     """Read every configured victim file before any job starts (they are small), so that a bad one
     (non-finite pixels, none at all, wrong shape or labels, too few for the config) stops the run with
     one message naming it. A missing file is left to Snakemake, which names it as a missing input."""
-    from ppp.data import DATASETS, load_victims
+    from ppp.data import known_facts, load_victims
     from ppp.io import ArtifactError
 
+    wanted = max_victims(config)
     for name, options in config.get("datasets", {}).items():
         path = Path(base) / options["victims"]
         if not path.is_file():
             continue
-        facts = {**{k: v for k, v in DATASETS.get(name, {}).items()}, **{k: options[k] for k in
-                                                                          ("channels", "num_classes") if options.get(k)}}
+        facts = known_facts(name, options)
         facts.setdefault("num_classes", 2 ** 31)  # a user's dataset: its classes are known once its data is read
         try:
             images, _ = load_victims(path, name, int(options.get("image_size", 32)), facts)
         except (ArtifactError, ValueError) as err:
             raise ConfigError(f"config key 'datasets.{name}.victims': {err}") from None
-        wanted = _max_victims(config)
         if images.shape[0] < wanted:
             raise ConfigError(f"config key 'datasets.{name}.victims': {path} has {images.shape[0]} victims, "
                               f"the config attacks {wanted} per cell (attack.*.victims)")
 
 
-def _max_victims(config: dict[str, Any]) -> int:
-    return max(victims_per_cell(config, arch) for arch in config.get("archs", []) or ["-"])
+def max_victims(config: dict[str, Any]) -> int:
+    """Victims prepared per dataset: the most any architecture attacks."""
+    return max(victims_per_cell(config, arch) for arch in config["archs"])
 
 
 def _check_datasets(config: dict[str, Any]) -> None:
     """What the schema cannot say: a dataset that is not one of the field's needs its channels and a
-    source that can hold it, and a bundled source needs its file."""
-    from ppp.data import BUNDLED_DIR, DATASETS
+    source that can hold it, its normalisation one value per channel, and a bundled source its file."""
+    from ppp.data import BUNDLED_DIR, DATASETS, known_facts
 
     for name, options in config.get("datasets", {}).items():
         source = options.get("source", "bundled")
-        if name not in DATASETS:
-            if options.get("channels") is None:
-                raise ConfigError(f"config key 'datasets.{name}.channels': {name!r} is not one of the known "
-                                  f"datasets ({', '.join(DATASETS)}), so its channels (1 or 3) must be given")
-            if source == "torchvision":
-                raise ConfigError(f"config key 'datasets.{name}.source': torchvision knows only "
-                                  f"{', '.join(DATASETS)}; use imagefolder (or bundled with a path) for {name!r}")
-        for key in ("mean", "std"):
-            channels = options.get("channels") or DATASETS.get(name, {}).get("channels")
-            if options.get(key) is not None and len(options[key]) != channels:
-                raise ConfigError(f"config key 'datasets.{name}.{key}': needs {channels} value(s), one per channel, "
-                                  f"got {options[key]}")
+        try:
+            known_facts(name, options)
+        except ValueError as err:  # "datasets.<name>.<key>: what is wrong"
+            key, _, message = str(err).partition(": ")
+            raise ConfigError(f"config key '{key}': {message}") from None
+        if name not in DATASETS and source == "torchvision":
+            raise ConfigError(f"config key 'datasets.{name}.source': torchvision knows only "
+                              f"{', '.join(DATASETS)}; use imagefolder (or bundled with a path) for {name!r}")
         if source == "bundled" and not options.get("path") and not (BUNDLED_DIR / f"{name}.npz").exists():
             raise ConfigError(f"config key 'datasets.{name}.source': no bundled subset of {name!r} is shipped "
                               f"(data/bundled has {', '.join(sorted(p.stem for p in BUNDLED_DIR.glob('*.npz')))}); "

@@ -258,8 +258,8 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
         own = {}
         for metric in ("mse", "psnr", "ssim") + (("lpips",) if lpips else ()):
             values = torch.tensor([r[metric] for r in cell_rows], dtype=torch.float64)
-            means[f"{metric}_mean.{key}"] = float(values.mean())
             own[f"{metric}_mean"], own[f"{metric}_median"] = float(values.mean()), float(values.quantile(0.5))
+            means[f"{metric}_mean.{key}"] = own[f"{metric}_mean"]
         per_attack_run[attack_run_name(path)] = own
         title = f"{cell['attack']}\n{cell['defense']}" + (f" {cell['noise_scale']:g}" if cell["noise_scale"] else "")
         grid_rows.append((title, recon))

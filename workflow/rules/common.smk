@@ -5,6 +5,7 @@ from ppp.config import (
     attack_options,
     defense_applies,
     defense_scales,
+    max_victims,
     model_mode,
     noise_options,
     training_options,
@@ -77,11 +78,6 @@ def model_state_path(wildcards):
     if wildcards.state == "init":
         return f"{RESULTS}/models/{wildcards.dataset}/{wildcards.arch}/{variant_of(wildcards.defense)}/init.safetensors"
     return f"{RESULTS}/models/{wildcards.dataset}/{wildcards.arch}/{wildcards.defense}/{wildcards.sigma}/trained.safetensors"
-
-
-def max_victims():
-    """Victims prepared per dataset: the most any architecture attacks."""
-    return max(victims_per_cell(config, arch) for arch in config["archs"])
 
 
 def reconstruction_grids():

@@ -33,6 +33,6 @@ rule prepare_victims:
         mem_mb=1000,
         runtime=5,
     params:
-        num_victims=max_victims(),
+        num_victims=max_victims(config),
     script:
         "../scripts/prepare_victims.py"
