@@ -35,4 +35,5 @@ rule all:
             table=["reconstructions", "utility", "summary", "findings", "worst_case"],
         ),
         privacy_utility="results/plots/privacy_utility.png",
+        batch_size="results/plots/batch_size.png",
         grids=reconstruction_grids(),

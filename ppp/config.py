@@ -46,6 +46,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     if error is not None:
         raise ConfigError(_describe(error))
     _check_datasets(config)
+    check_client_settings(config)
     return config
 
 
@@ -75,6 +76,17 @@ def check_victim_files(config: dict[str, Any], base: str | Path = ".") -> None:
 def max_victims(config: dict[str, Any]) -> int:
     """Victims prepared per dataset: the most any architecture attacks."""
     return max(victims_per_cell(config, arch) for arch in config["archs"])
+
+
+def check_client_settings(config: dict[str, Any]) -> None:
+    """Every swept update fits the architecture's victims (at least one whole update)."""
+    for arch in config["archs"]:
+        victims = victims_per_cell(config, arch)
+        for setting in client_settings(config, arch):
+            if setting.images > victims:
+                raise ConfigError(f"config key 'client.updates': an update of {setting.images} images needs at "
+                                  f"least {setting.images} victims per cell; {arch} attacks {victims} "
+                                  "(attack.*.victims)")
 
 
 def _check_datasets(config: dict[str, Any]) -> None:
@@ -156,3 +168,28 @@ def noise_scales(config: dict, arch: str) -> list[float]:
     """The sigma grid of one architecture: noise.per_arch.<arch>.scales, else noise.scales."""
     noise = config.get("noise", {})
     return list(noise.get("per_arch", {}).get(arch, {}).get("scales", noise["scales"]))
+
+
+def client_settings(config: dict, arch: str) -> list:
+    """The client updates swept on one architecture (ppp.client.ClientSetting): client.per_arch.<arch>
+    overrides client's updates and local_lr."""
+    from ppp.client import ClientSetting
+
+    client = config.get("client", {})
+    own = client.get("per_arch", {}).get(arch, {})
+    updates = own.get("updates", client.get("updates", [{"images": 1, "local_steps": 1}]))
+    local_lr = float(own.get("local_lr", client.get("local_lr", 0.01)))
+    return [ClientSetting(int(u.get("images", 1)), int(u.get("local_steps", 1)), local_lr) for u in updates]
+
+
+def client_setting(config: dict, arch: str, name: str):
+    """The swept setting of one architecture named by the workflow's wildcard (b<images>s<steps>)."""
+    for setting in client_settings(config, arch):
+        if setting.name == name:
+            return setting
+    raise ValueError(f"client setting {name!r} is not swept for {arch}")
+
+
+def server_knows(config: dict, key: str) -> bool:
+    """What the server is told of a client update (client.server_knows.<key>)."""
+    return bool(config.get("client", {}).get("server_knows", {}).get(key, True))

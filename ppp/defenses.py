@@ -138,11 +138,26 @@ class DPSGD(Defense):
 
     def __call__(self, grads: dict[str, torch.Tensor], groups: dict[str, str],
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
-        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
-        factor = (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)  # Opacus's clip factor
+        return self.aggregate([grads], generator)
+
+    def aggregate(self, per_example: list[dict[str, torch.Tensor]],
+                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One DP-SGD step's gradient of a batch from its examples' gradients: each clipped to
+        `max_grad_norm`, summed, Gaussian noise of std noise_scale * max_grad_norm added to the sum, and
+        divided by the number of examples (Opacus's DPOptimizer with expected_batch_size = B)."""
+        clipped = []
+        for grads in per_example:
+            norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+            factor = (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)  # Opacus's clip factor
+            clipped.append({name: grad * factor for name, grad in grads.items()})
         std = self.noise_scale * self.max_grad_norm
-        return {name: grad * factor + sample_noise(grad.shape, "gaussian", std, generator, grad.device)
-                for name, grad in grads.items()}
+        count = len(per_example)
+        out = {}
+        for name in per_example[0]:
+            total = clipped[0][name] if count == 1 else torch.stack([c[name] for c in clipped]).sum(0)
+            noised = total + sample_noise(total.shape, "gaussian", std, generator, total.device)
+            out[name] = noised if count == 1 else noised / count
+        return out
 
 
 DEFENSES: dict[str, type[Defense]] = {

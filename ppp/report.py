@@ -12,8 +12,14 @@ import torch
 
 from ppp.io import atomic_path, read_json
 
-CELL = ["dataset", "arch", "defense", "noise_scale", "attack", "model_state"]
-RECONSTRUCTION_COLUMNS = CELL + ["victim", "label", "mse", "psnr", "ssim", "lpips"]  # lpips: empty where off
+# A cell: what was attacked (dataset, model, the client's update: images per update and local steps, the
+# defence and its sigma, the model state) and by which attack.
+CLIENT = ["batch_size", "local_steps"]
+CELL = ["dataset", "arch", *CLIENT, "defense", "noise_scale", "attack", "model_state"]
+DEFENSE_CELL = ["dataset", "arch", *CLIENT, "defense", "noise_scale", "model_state"]
+RECONSTRUCTION_COLUMNS = CELL + ["victim", "update_id", "label", "label_accuracy", "mse", "psnr", "ssim",
+                                 "lpips"]  # lpips: empty where off
+BOOTSTRAP_RESAMPLES = 2000
 UTILITY_COLUMNS = ["dataset", "arch", "defense", "noise_scale", "test_accuracy", "test_accuracy_ci95",
                    "test_examples", "epsilon", "delta", "test_accuracy_per_epoch"]
 DEFENSE_ORDER = ["none", "noise", "precode", "ppp", "ppp_encoder", "ppp_no_decoder", "dpsgd"]
@@ -66,9 +72,24 @@ def paired_accuracy_drop(reference: np.ndarray | None, other: np.ndarray | None)
     return mean, mean - half, mean + half
 
 
+def bootstrap_median_interval(values: np.ndarray, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES,
+                              level: float = 0.95) -> tuple[float, float]:
+    """A percentile bootstrap interval of the median over victims (seeded: the same values give the same
+    interval)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    medians = np.median(values[rng.integers(0, len(values), size=(resamples, len(values)))], axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(medians, tail)), float(np.quantile(medians, 1 - tail))
+
+
 def summarize(reconstructions: pd.DataFrame, utility: pd.DataFrame, success_ssim: float) -> pd.DataFrame:
-    """Mean and median of each metric per cell, the share of victims reconstructed (SSIM >= threshold),
-    and the strongest attack on the cell's defence (cell_strongest_*)."""
+    """Mean and median of each metric per cell (SSIM and PSNR medians with a 95% bootstrap interval over
+    the cell's victims), the share of victims reconstructed (SSIM >= threshold), the attack's label
+    accuracy, and the strongest attack on the cell's defence (cell_strongest_*)."""
     grouped = reconstructions.groupby(CELL, sort=False)
     summary = grouped.agg(
         victims=("victim", "count"),
@@ -77,22 +98,31 @@ def summarize(reconstructions: pd.DataFrame, utility: pd.DataFrame, success_ssim
         ssim_mean=("ssim", "mean"), ssim_median=("ssim", "median"),
         lpips_mean=("lpips", "mean"), lpips_median=("lpips", "median"),
         success_rate=("ssim", lambda s: float((s >= success_ssim).mean())),
+        label_accuracy=("label_accuracy", "mean"),
     ).reset_index()
+    intervals = []
+    for _, cell in grouped:
+        row = {}
+        for metric in ("ssim", "psnr"):
+            row[f"{metric}_median_ci_low"], row[f"{metric}_median_ci_high"] = bootstrap_median_interval(
+                cell[metric].to_numpy())
+        intervals.append(row)
+    summary = pd.concat([summary, pd.DataFrame(intervals, index=summary.index)], axis=1)
     summary = summary.merge(utility[MODEL_CELL + ["test_accuracy", "test_accuracy_ci95", "epsilon"]], on=MODEL_CELL,
                             how="left")
     summary["success_ssim_threshold"] = success_ssim
     # Every row also names its defence cell's strongest attack (the worst case for that defence).
-    keys = ["dataset", "arch", "defense", "noise_scale", "model_state"]
+    keys = DEFENSE_CELL
     strongest = strongest_attacks(summary)[keys + ["strongest_attack", "strongest_psnr_median", "strongest_ssim_median"]]
     return summary.merge(strongest.rename(columns=lambda c: f"cell_{c}" if c.startswith("strongest") else c),
                          on=keys, how="left")
 
 
 def strongest_attacks(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per defence cell (dataset, arch, defence, sigma, state): the attack with the highest median SSIM
-    (ties: the higher median PSNR), its medians, and every attack tried there."""
+    """Per defence cell (dataset, arch, client setting, defence, sigma, state): the attack with the highest
+    median SSIM (ties: the higher median PSNR), its medians, and every attack tried there."""
     ranked = summary.sort_values(["ssim_median", "psnr_median"], ascending=False, kind="stable")
-    keys = ["dataset", "arch", "defense", "noise_scale", "model_state"]
+    keys = DEFENSE_CELL
     best = ranked.groupby(keys, sort=False).head(1).set_index(keys)
     tried = summary.groupby(keys, sort=False).attack.agg(lambda a: ";".join(sorted(a)))
     out = pd.DataFrame({
@@ -110,12 +140,13 @@ def worst_case(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts
     against the undefended model."""
     strongest = strongest_attacks(summary)
     reference = summary[(summary.defense == "none") & (summary.attack == "ig")].set_index(
-        ["dataset", "arch", "model_state"]).psnr_median
+        ["dataset", "arch", *CLIENT, "model_state"]).psnr_median
     accuracy = summary.groupby(MODEL_CELL, sort=False).test_accuracy.first()
     epsilon = summary.groupby(MODEL_CELL, sort=False).epsilon.first() if "epsilon" in summary else pd.Series(dtype=float)
     rows = []
     for _, cell in strongest.iterrows():
-        ref = reference.get((cell.dataset, cell.arch, cell.model_state), float("nan"))
+        ref = reference.get((cell.dataset, cell.arch, cell.batch_size, cell.local_steps, cell.model_state),
+                            float("nan"))
         drop, low, high = paired_accuracy_drop(correct.get((cell.dataset, cell.arch, "none", 0.0)),
                                                correct.get((cell.dataset, cell.arch, cell.defense, cell.noise_scale)))
         rows.append(dict(
@@ -131,14 +162,15 @@ def worst_case(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts
         return frame
     order = {d: i for i, d in enumerate(DEFENSE_ORDER)}
     frame["_order"] = frame.defense.map(lambda d: order.get(d, len(order)))
-    return (frame.sort_values(["dataset", "arch", "model_state", "_order", "noise_scale"], kind="stable")
+    return (frame.sort_values(["dataset", "arch", "model_state", *CLIENT, "_order", "noise_scale"], kind="stable")
             .drop(columns="_order").reset_index(drop=True))
 
 
 def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
     """Per dataset x architecture: test accuracy against the strongest attack's median SSIM (every
     attack tried on the cell; the point is labelled with sigma and that attack), one line per defence
-    over its noise scales."""
+    over its noise scales, for the smallest client update of the study (one image, one step where it is
+    there; `batch_size_plot` shows the others)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -146,6 +178,10 @@ def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
     accuracy = summary.groupby(MODEL_CELL, sort=False).test_accuracy.first().rename("test_accuracy")
     strongest = (strongest_attacks(summary).rename(columns={"strongest_ssim_median": "ssim"})
                  .merge(accuracy.reset_index(), on=MODEL_CELL, how="left"))
+    if len(strongest):
+        smallest = strongest.sort_values(CLIENT).iloc[0]
+        strongest = strongest[(strongest.batch_size == smallest.batch_size)
+                              & (strongest.local_steps == smallest.local_steps)]
     datasets, archs = sorted(strongest.dataset.unique()), list(dict.fromkeys(strongest.arch))
     fig, axes = plt.subplots(len(datasets), len(archs), figsize=(3.2 * len(archs), 3.0 * len(datasets)),
                              squeeze=False)
@@ -165,6 +201,48 @@ def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
             ax.set_ylim(-0.05, 1.05)
             ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def batch_size_plot(summary: pd.DataFrame, path: str | Path) -> None:
+    """Per dataset x architecture: the strongest attack's median SSIM against images per update, one
+    line per defence and sigma (one local step: FedSGD); FedAvg settings (more local steps) as open
+    markers of the same colour."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strongest = strongest_attacks(summary)
+    datasets, archs = sorted(strongest.dataset.unique()), list(dict.fromkeys(strongest.arch))
+    fig, axes = plt.subplots(max(1, len(datasets)), max(1, len(archs)),
+                             figsize=(3.6 * max(1, len(archs)), 3.2 * max(1, len(datasets))), squeeze=False)
+    order = {d: i for i, d in enumerate(DEFENSE_ORDER)}
+    for i, dataset in enumerate(datasets):
+        for j, arch in enumerate(archs):
+            ax = axes[i][j]
+            cell = strongest[(strongest.dataset == dataset) & (strongest.arch == arch)]
+            lines = sorted(cell.groupby(["defense", "noise_scale"]).groups,
+                           key=lambda k: (order.get(k[0], len(order)), k[1]))
+            for defense, sigma in lines:
+                rows = cell[(cell.defense == defense) & (cell.noise_scale == sigma)].sort_values(CLIENT)
+                label = defense + (f" {sigma:g}" if sigma else "")
+                fedsgd = rows[rows.local_steps == 1]
+                (line,) = ax.plot(fedsgd.batch_size, fedsgd.strongest_ssim_median, marker="o", markersize=3,
+                                  linewidth=1, label=label)
+                fedavg = rows[rows.local_steps > 1]
+                ax.scatter(fedavg.batch_size, fedavg.strongest_ssim_median, facecolors="none",
+                           edgecolors=line.get_color(), s=25)
+            ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
+            ax.set_title(f"{dataset} / {arch}", fontsize=9)
+            ax.set_xlabel("images per update (open: FedAvg)", fontsize=8)
+            ax.set_ylabel("median SSIM, strongest attack", fontsize=8)
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(-0.05, 1.05)
+            ax.tick_params(labelsize=7)
+    axes[0][-1].legend(fontsize=5, ncol=2, loc="upper right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -210,7 +288,7 @@ class Verdicts:
 
 
 def findings(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: Verdicts) -> pd.DataFrame:
-    """One row per dataset x architecture x model state: the medians each claim of the paper rests on,
+    """One row per dataset x architecture x model state x client setting (images per update, local steps): the medians each claim of the paper rests on,
     the smallest protecting noise scale of full noise and of each PPP variant (every attack tried there
     fails), the accuracies there, and a verdict per claim (F1: IG reconstructs the undefended model; F2:
     IG fails on PRECODE while the targeted attack succeeds; F3: the paper's PPP at some sigma of the grid
@@ -218,7 +296,8 @@ def findings(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: 
     within `max_accuracy_drop` of the undefended model). `ppp_variants_protecting` lists every PPP
     variant that protects at some sigma within that accuracy."""
     rows = []
-    for (dataset, arch, state), cell in summary.groupby(["dataset", "arch", "model_state"], sort=False):
+    groups = summary.groupby(["dataset", "arch", "model_state", *CLIENT], sort=False)
+    for (dataset, arch, state, batch_size, local_steps), cell in groups:
         def median(defense, attack, column="psnr_median", sigma=0.0):
             sel = cell[(cell.defense == defense) & (cell.attack == attack) & np.isclose(cell.noise_scale, sigma)]
             return float(sel[column].iloc[0]) if len(sel) else float("nan")
@@ -235,7 +314,7 @@ def findings(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: 
 
         reference_psnr = median("none", "ig")
         on_precode = strongest("precode")
-        row = dict(dataset=dataset, arch=arch, model_state=state,
+        row = dict(dataset=dataset, arch=arch, model_state=state, batch_size=batch_size, local_steps=local_steps,
                    psnr_ig_none=reference_psnr, ssim_ig_none=median("none", "ig", "ssim_median"),
                    psnr_ig_precode=median("precode", "ig"), ssim_ig_precode=median("precode", "ig", "ssim_median"),
                    psnr_targeted_precode=median("precode", "ig_targeted"),

@@ -16,7 +16,9 @@ import torch
 
 from ppp import data as data_lib
 from ppp.attacks import ServerView, build_attack
+from ppp.attacks.labels import label_accuracy
 from ppp.attacks.registry import attack_needs_precode
+from ppp.client import ClientSetting, client_update, dpsgd_epsilon, form_updates
 from ppp.defenses import build_defense
 from ppp.gradients import set_model_mode, shared_gradient
 from ppp.io import ArtifactError, load_tensors, read_json, save_tensors, sha256, write_json
@@ -152,9 +154,12 @@ def train_model(arch: str, defense_name: str, noise_scale: float, noise: dict, i
 def capture_gradients(arch: str, defense_name: str, noise_scale: float, noise: dict, state: str,
                       model_path: str, meta_path: str, victims_path: str, num_victims: int,
                       model_options: dict, precode: PrecodeSpec, seed: int, device: torch.device,
-                      out: str, model_mode: str = "eval") -> None:
-    """The defended gradient of each victim, alone in its batch, stacked over victims, computed with the
-    model in the protocol's `model_mode` (eval or train)."""
+                      out: str, model_mode: str = "eval", setting: ClientSetting | None = None) -> dict:
+    """The defended update of each client, stacked over updates, computed with the model in the
+    protocol's `model_mode` (eval or train). Each update holds `setting.images` victims (consecutive,
+    disjoint: ppp.client.form_updates) and is the gradient (one local step) or the FedAvg
+    pseudo-gradient (several). Labels are stored flat, update after update."""
+    setting = setting or ClientSetting()
     meta = read_json(meta_path)
     defense = build_defense(defense_name, noise_scale, **noise)
     model = load_model(model_path, arch, meta, model_options, precode if defense.needs_precode else None)
@@ -164,16 +169,33 @@ def capture_gradients(arch: str, defense_name: str, noise_scale: float, noise: d
     images, labels = victims["images"][:num_victims], victims["labels"][:num_victims]
     if images.shape[0] < num_victims:
         raise ArtifactError(f"{victims_path}: has {images.shape[0]} victims, {num_victims} requested")
-    per_victim = []
-    for i in range(num_victims):
-        victim_seed = derive_seed(seed, "capture", meta["dataset"], arch, defense_name, noise_scale, state, i)
-        with seeded(victim_seed, device):
-            grads = shared_gradient(model, images[i:i + 1].to(device), labels[i:i + 1].to(device))
-        per_victim.append(defense(grads, groups, generator(victim_seed, device)))
-    stacked = {GRAD_PREFIX + n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}
-    stacked["labels"] = labels.clone()
-    save_tensors(out, stacked, metadata={"defense": defense_name, "noise_scale": str(noise_scale),
-                                         "state": state, "num_victims": str(num_victims), "model_mode": model_mode})
+    updates = form_updates(num_victims, setting.images)
+    per_update = []
+    for u, members in enumerate(updates):
+        if setting.is_single_gradient:  # the study's original seeds: one image, one gradient
+            update_seed = derive_seed(seed, "capture", meta["dataset"], arch, defense_name, noise_scale, state, u)
+        else:
+            update_seed = derive_seed(seed, "capture", meta["dataset"], arch, defense_name, noise_scale, state,
+                                      setting.name, u)
+        with seeded(update_seed, device):
+            batch_images, batch_labels = images[members].to(device), labels[members].to(device)
+            if setting.is_single_gradient:
+                grads = defense(shared_gradient(model, batch_images, batch_labels), groups,
+                                generator(update_seed, device))
+            else:
+                grads = client_update(model, batch_images, batch_labels, setting, defense,
+                                      generator(update_seed, device))
+        per_update.append(grads)
+    stacked = {GRAD_PREFIX + n: torch.stack([g[n] for g in per_update]) for n in per_update[0]}
+    used = sum(updates, [])
+    stacked["labels"] = labels[used].clone()
+    info = {"defense": defense_name, "noise_scale": str(noise_scale), "state": state,
+            "num_victims": str(len(used)), "model_mode": model_mode, "images_per_update": str(setting.images),
+            "local_steps": str(setting.local_steps), "local_lr": str(setting.local_lr)}
+    if defense.per_example:
+        info["epsilon_per_update"] = f"{dpsgd_epsilon(noise_scale, setting.local_steps, defense.delta):.6g}"
+    save_tensors(out, stacked, metadata=info)
+    return info
 
 
 # --- server: the attack -----------------------------------------------------------------------------
@@ -181,7 +203,12 @@ def capture_gradients(arch: str, defense_name: str, noise_scale: float, noise: d
 def run_attack(arch: str, attack_name: str, attack_options: dict, has_precode: bool, model_path: str,
                meta_path: str, gradients_path: str, model_options: dict, precode: PrecodeSpec, seed: int,
                device: torch.device, out: str,
-               progress: Callable[[int, torch.Tensor], None] | None = None, model_mode: str = "eval") -> dict:
+               progress: Callable[[int, torch.Tensor], None] | None = None, model_mode: str = "eval",
+               setting: ClientSetting | None = None, server_knows_local_hyperparameters: bool = True) -> dict:
+    """Reconstruct every update's images from the shared updates. The server knows the number of images
+    per update; the local steps and learning rate only where `server_knows_local_hyperparameters`
+    (otherwise it simulates one step: it matches the update as a gradient)."""
+    setting = setting or ClientSetting()
     if attack_needs_precode(attack_name) and not has_precode:
         raise ValueError(f"attack {attack_name!r} targets PRECODE; this model has none")
     meta = read_json(meta_path)
@@ -190,16 +217,26 @@ def run_attack(arch: str, attack_name: str, attack_options: dict, has_precode: b
     gradients = {k[len(GRAD_PREFIX):]: v for k, v in shared.items() if k.startswith(GRAD_PREFIX)}
     attack = build_attack(attack_name, **attack_options)
     # The server sees labels only where the config says it knows them.
-    view = ServerView(model, gradients, shared["labels"] if attack.labels == "known" else None, model_mode)
+    told = server_knows_local_hyperparameters
+    view = ServerView(model, gradients, shared["labels"] if attack.labels == "known" else None, model_mode,
+                      images_per_update=setting.images, local_steps=setting.local_steps if told else 1,
+                      local_lr=setting.local_lr)
+    expected = view.num_updates * setting.images
+    if shared["labels"].shape[0] != expected:
+        raise ArtifactError(f"{gradients_path}: {shared['labels'].shape[0]} labels for {view.num_updates} "
+                            f"updates of {setting.images} images (client setting {setting.name})")
     result = attack(view, seed=seed, progress=progress)
     save_tensors(out, {"images": result.images, "labels": result.labels, "gradient_loss": result.gradient_loss,
                        "restart_losses": result.restart_losses},
-                 metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}", "engine": str(result.engine)})
+                 metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}", "engine": str(result.engine),
+                           "images_per_update": str(setting.images), "local_steps": str(setting.local_steps),
+                           "labels": attack.labels})
     summary = {"seconds": result.seconds, "gradient_loss_mean": float(result.gradient_loss.mean()),
-               "victims": int(result.images.shape[0]), "peak_memory_mb": peak_memory_mb(device),
-               "engine": result.engine}
-    log.info("attack done: %(victims)d victims in %(seconds).1f s (engine %(engine)s), peak memory "
-             "%(peak_memory_mb).0f MB", summary)
+               "victims": int(result.images.shape[0]), "updates": view.num_updates,
+               "peak_memory_mb": peak_memory_mb(device), "engine": result.engine,
+               "image_iterations_per_second": result.images.shape[0] * attack.iterations / max(result.seconds, 1e-9)}
+    log.info("attack done: %(victims)d images in %(updates)d updates in %(seconds).1f s (engine %(engine)s), "
+             "peak memory %(peak_memory_mb).0f MB", summary)
     return summary
 
 
@@ -215,28 +252,49 @@ def peak_memory_mb(device: torch.device) -> float:
 # --- evaluation -------------------------------------------------------------------------------------
 
 def parse_cell(reconstructions_path: str) -> dict:
-    """The cell of .../attacks/{dataset}/{arch}/{defense}/{sigma}/{state}/{attack}/reconstructions.safetensors."""
+    """The cell of .../attacks/{dataset}/{arch}/{client}/{defense}/{sigma}/{state}/{attack}/reconstructions.safetensors."""
     parts = Path(reconstructions_path).parts
-    if len(parts) < 7:
-        raise ValueError(f"{reconstructions_path}: not an attacks/<dataset>/<arch>/<defense>/<sigma>/<state>/<attack>/ path")
-    dataset, arch, defense, sigma, state, attack = parts[-7:-1]
-    return dict(dataset=dataset, arch=arch, defense=defense, noise_scale=float(sigma), attack=attack,
-                model_state=state)
+    if len(parts) < 8:
+        raise ValueError(f"{reconstructions_path}: not an attacks/<dataset>/<arch>/<client>/<defense>/<sigma>/"
+                         "<state>/<attack>/ path")
+    dataset, arch, client, defense, sigma, state, attack = parts[-8:-1]
+    setting = ClientSetting.parse(client)
+    return dict(dataset=dataset, arch=arch, batch_size=setting.images, local_steps=setting.local_steps,
+                defense=defense, noise_scale=float(sigma), attack=attack, model_state=state)
 
 
 def attack_run_name(reconstructions_path: str) -> str:
     """The run name of the attack job that wrote these reconstructions (rule, then its wildcards)."""
-    return "/".join(["attack", *Path(reconstructions_path).parts[-7:-1]])
+    return "/".join(["attack", *Path(reconstructions_path).parts[-8:-1]])
+
+
+def match_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor) -> list[int]:
+    """For each original of one update, the reconstruction assigned to it: the assignment with the least
+    total MSE (scipy's linear_sum_assignment, as breaching's compute_batch_order matches), since the
+    attacker's order of an update's images is arbitrary."""
+    if originals.shape[0] == 1:
+        return [0]
+    from scipy.optimize import linear_sum_assignment
+
+    errors = (originals.flatten(1).double()[:, None, :] - reconstructions.flatten(1).double()[None, :, :]).pow(2).mean(2)
+    rows, columns = linear_sum_assignment(errors.numpy())
+    order = [0] * originals.shape[0]
+    for r, c in zip(rows, columns):
+        order[int(r)] = int(c)
+    return order
 
 
 def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: str, out_grid: str,
                    grid_images: int = 8, lpips=None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Per-victim MSE, PSNR and SSIM of every cell; only this stage reads both victims and reconstructions.
 
-    Writes one CSV row per victim per cell and a grid (originals above each cell's reconstructions);
-    returns each cell's mean metrics keyed for the evaluate run, and each cell's mean and median
-    metrics keyed by the attack run that made it (so every attack run shows its own quality). `lpips`
-    (ppp.lpips_metric.load_lpips) adds LPIPS; without it the column stays empty."""
+    An update's reconstructions are first matched to its originals (match_reconstructions); metrics are
+    per image after matching, and `label_accuracy` is the share of the update's labels the attack used
+    that are right (as a multiset; 1 where the server knows them). Writes one CSV row per victim per cell
+    and a grid (originals above each cell's matched reconstructions); returns each cell's mean metrics
+    keyed for the evaluate run, and each cell's mean and median metrics keyed by the attack run that
+    made it (so every attack run shows its own quality). `lpips` (ppp.lpips_metric.load_lpips) adds
+    LPIPS; without it the column stays empty."""
     import pandas as pd
 
     from ppp.report import RECONSTRUCTION_COLUMNS, reconstruction_grid, write_csv
@@ -245,16 +303,34 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
     rows, grid_rows, means, per_attack_run = [], [], {}, {}
     for path in reconstruction_paths:
         cell = parse_cell(path)
-        recon = load_tensors(path, required=("images",))["images"]
+        loaded = load_tensors(path, required=("images",))
+        recon = loaded["images"]
         if recon.shape[0] > victims["images"].shape[0] or recon.shape[1:] != victims["images"].shape[1:]:
             raise ArtifactError(f"{path}: reconstructions {tuple(recon.shape)} do not match the victims "
                                 f"{tuple(victims['images'].shape)} of {victims_path}")
-        cell_rows = [dict(cell, victim=i, label=int(victims["labels"][i]),
-                          **image_metrics(victims["images"][i], recon[i]),
-                          lpips=lpips(victims["images"][i], recon[i]) if lpips else float("nan"))
-                     for i in range(recon.shape[0])]
+        group = cell["batch_size"]
+        if recon.shape[0] % group:
+            raise ArtifactError(f"{path}: {recon.shape[0]} reconstructions are not whole updates of {group} images")
+        used_labels = loaded.get("labels", victims["labels"][:recon.shape[0]])
+        true_labels = victims["labels"][:recon.shape[0]]
+        accuracy = label_accuracy(used_labels, true_labels, group) if bool((used_labels >= 0).all()) \
+            else torch.full((recon.shape[0] // group,), float("nan"), dtype=torch.float64)
+        matched = torch.empty_like(recon)
+        cell_rows = []
+        for u in range(recon.shape[0] // group):
+            members = list(range(u * group, (u + 1) * group))
+            order = match_reconstructions(victims["images"][members], recon[members])
+            for slot, i in enumerate(members):
+                image = recon[u * group + order[slot]]
+                matched[i] = image
+                cell_rows.append(dict(cell, victim=i, update_id=u, label=int(victims["labels"][i]),
+                                      label_accuracy=float(accuracy[u]),
+                                      **image_metrics(victims["images"][i], image),
+                                      lpips=lpips(victims["images"][i], image) if lpips else float("nan")))
         rows += cell_rows
         key = f"{cell['attack']}.{cell['defense']}.{cell['noise_scale']:g}"
+        if (group, cell["local_steps"]) != (1, 1):
+            key += f".b{group}s{cell['local_steps']}"
         own = {}
         for metric in ("mse", "psnr", "ssim") + (("lpips",) if lpips else ()):
             values = torch.tensor([r[metric] for r in cell_rows], dtype=torch.float64)
@@ -262,7 +338,9 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
             means[f"{metric}_mean.{key}"] = own[f"{metric}_mean"]
         per_attack_run[attack_run_name(path)] = own
         title = f"{cell['attack']}\n{cell['defense']}" + (f" {cell['noise_scale']:g}" if cell["noise_scale"] else "")
-        grid_rows.append((title, recon))
+        if (group, cell["local_steps"]) != (1, 1):
+            title += f"\nb{group}s{cell['local_steps']}"
+        grid_rows.append((title, matched))
     write_csv(pd.DataFrame(rows, columns=RECONSTRUCTION_COLUMNS), out_csv)
     n = max((r.shape[0] for _, r in grid_rows), default=1)
     reconstruction_grid(victims["images"][:n], grid_rows, out_grid, max_images=grid_images)

@@ -5,8 +5,8 @@ from ppp.report import Verdicts, findings, paired_accuracy_drop, worst_case
 
 
 def _summary(cells):
-    rows = [dict(dataset="mnist", arch="lenet", model_state="init", defense=d, noise_scale=s, attack=a,
-                 psnr_median=p, ssim_median=q, test_accuracy=acc) for d, s, a, p, q, acc in cells]
+    rows = [dict(dataset="mnist", arch="lenet", model_state="init", batch_size=1, local_steps=1, defense=d,
+                 noise_scale=s, attack=a, psnr_median=p, ssim_median=q, test_accuracy=acc) for d, s, a, p, q, acc in cells]
     return pd.DataFrame(rows)
 
 

@@ -52,8 +52,13 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
     assert list(recon.columns) == RECONSTRUCTION_COLUMNS
     # none, noise, precode, ppp, dpsgd with ig, plus ig_targeted, latent and analytic on precode and
     # ppp: 11 cells.
-    cells = recon.groupby(["defense", "noise_scale", "attack"]).size()
-    assert len(cells) == 11 and set(cells) == {config["attack"]["defaults"]["victims"]}
+    # Each at one image per update and at one FedAvg update of 2 images in 2 local steps.
+    cells = recon.groupby(["batch_size", "local_steps", "defense", "noise_scale", "attack"]).size()
+    assert len(cells) == 22 and set(cells) == {config["attack"]["defaults"]["victims"]}
+    assert set(zip(recon.batch_size, recon.local_steps)) == {(1, 1), (2, 2)}
+    assert (recon[recon.batch_size == 2].update_id == 0).all()
+    assert recon[recon.batch_size == 1].update_id.tolist()[:2] == [0, 1]
+    assert (recon.label_accuracy == 1).all()  # the server is told the labels here
     assert recon[["mse", "psnr", "ssim"]].notna().all().all()
     utility = pd.read_csv(tables / "utility.csv")
     assert list(utility.columns) == UTILITY_COLUMNS and len(utility) == 5
@@ -63,19 +68,23 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
     assert utility.test_accuracy_ci95.between(0, 0.2).all() and (utility.test_examples == 128).all()
     summary = pd.read_csv(tables / "summary.csv")
     assert {"ssim_mean", "psnr_median", "success_rate", "test_accuracy", "cell_strongest_attack",
-            "cell_strongest_ssim_median"} <= set(summary.columns)
+            "cell_strongest_ssim_median", "ssim_median_ci_low", "ssim_median_ci_high", "batch_size",
+            "local_steps", "label_accuracy"} <= set(summary.columns)
+    assert (summary.ssim_median_ci_low <= summary.ssim_median).all()
+    assert (summary.ssim_median <= summary.ssim_median_ci_high).all()
     ppp_rows = summary[summary.defense == "ppp"]
     assert (ppp_rows.cell_strongest_ssim_median == ppp_rows.ssim_median.max()).all()
     findings = pd.read_csv(tables / "findings.csv")
-    assert len(findings) == 1 and {"F1_ig_leaks_undefended", "F2_targeted_breaks_precode_ig_does_not",
+    assert len(findings) == 2 and {"batch_size", "local_steps"} <= set(findings.columns) and {"F1_ig_leaks_undefended", "F2_targeted_breaks_precode_ig_does_not",
                                    "F3_ppp_defeats_every_attack", "F4_ppp_keeps_accuracy", "ppp_protecting_sigma",
                                    "acc_drop_ppp_ci_low"} <= set(findings.columns)
     worst = pd.read_csv(tables / "worst_case.csv")
-    assert len(worst) == 5 and set(worst.columns) >= {"strongest_attack", "strongest_ssim_median", "protected",
+    assert len(worst) == 10 and set(worst.columns) >= {"strongest_attack", "strongest_ssim_median", "protected",
                                                      "acc_drop", "epsilon"}
     assert set(worst[worst.defense == "ppp"].attacks_tried.iloc[0].split(";")) == {
         "ig", "ig_targeted", "latent", "analytic"}
-    for plot in ("privacy_utility.png", "reconstructions_mnist_mlp_init.png"):
+    for plot in ("privacy_utility.png", "batch_size.png", "reconstructions_mnist_mlp_b1s1_init.png",
+                 "reconstructions_mnist_mlp_b2s2_init.png"):
         assert (workdir / "results" / "plots" / plot).stat().st_size > 1000
 
 
@@ -94,7 +103,8 @@ def test_every_job_is_an_mlflow_run_nested_under_the_invocation(finished_run):
     rules = {r.data.tags["rule"] for r in jobs}
     assert {"prepare_data", "train", "capture", "attack", "evaluate", "aggregate"} <= rules
     attack_runs = [r for r in jobs if r.data.tags["rule"] == "attack"]
-    assert len(attack_runs) == 11 and all("wildcard.defense" in r.data.tags for r in attack_runs)
+    assert len(attack_runs) == 22 and all("wildcard.client" in r.data.tags for r in attack_runs)
+    assert {r.data.params["images_per_update"] for r in attack_runs} == {"1", "2"}
     assert {r.data.params["attack"] for r in attack_runs} == {"ig", "ig_targeted", "latent", "analytic"}
     assert all(r.info.status == "FINISHED" for r in runs)
     # Each attack run carries its own cell's quality (attached by the evaluate job), equal to the table's.
@@ -102,7 +112,8 @@ def test_every_job_is_an_mlflow_run_nested_under_the_invocation(finished_run):
     for run in attack_runs:
         tags = run.data.tags
         cell = recon[(recon.defense == tags["wildcard.defense"]) & (recon.attack == tags["wildcard.attack"])
-                     & (recon.noise_scale == float(tags["wildcard.sigma"]))]
+                     & (recon.noise_scale == float(tags["wildcard.sigma"]))
+                     & (recon.batch_size == int(tags["wildcard.client"][1:].split("s")[0]))]
         assert run.data.metrics["ssim_median"] == pytest.approx(cell.ssim.median(), abs=1e-6)
         assert run.data.metrics["psnr_mean"] == pytest.approx(cell.psnr.mean(), abs=1e-4)
     # Params that compare across runs, and who ran what from which commit.

@@ -8,6 +8,16 @@ Fowl et al. "Robbing the Fed" use the same identity). With noise on these gradie
 right singular vector of [dW | db] is the best rank-one estimate, and u is its first entries over
 its last one. PPP's noise touches only the layers before PRECODE, so it leaves this recovery exact.
 
+For an update of B images (and for FedAvg's local steps) [dW | db] = sum_i delta_i [u_i^T, 1] has rank at
+most B, and its row space is spanned by the B vectors [u_i, 1]: the server learns the span of the B
+feature vectors (exactly, from clean gradients; the leading B right singular vectors where noisy),
+not the vectors themselves. Each output neuron k gives [dW_k | db_k] / db_k, an affine combination of
+the u_i with unknown weights delta_ik / db_k, so no single u_i follows unless one image alone drives a
+neuron (PRECODE's encoder has no activation, so that is rare). `recover_feature_span` gives that span,
+and the inversion then moves the update's B dummy images until the span of their [f(x_i), 1] is that
+span: the chordal distance between the two subspaces, 1 - |Q_f^T V|_F^2 / B, plus total variation
+(docs/method.md, "The analytic attack beyond one image").
+
 The recovered features are then inverted to an image by optimisation: each victim's dummy image is
 moved until the network's features before PRECODE match the recovered ones (relative squared error,
 or cosine distance) plus total variation, with the same signed Adam, box constraint, schedule,
@@ -49,6 +59,51 @@ def recover_linear_input(weight_grad: torch.Tensor, bias_grad: torch.Tensor) -> 
 def features_before_precode(model: StagedNet, pixels: torch.Tensor) -> torch.Tensor:
     """The flattened features entering PRECODE's encoder for images in [0, 1]."""
     return model._features_before(pixels, model.precode_index).flatten(1)
+
+
+def recover_feature_span(weight_grad: torch.Tensor, bias_grad: torch.Tensor, rank: int) -> torch.Tensor:
+    """An orthonormal basis (rows, rank, in + 1) of the span of an update's [u_i, 1], from its encoder's
+    weight and bias gradients (rows, out, in) and (rows, out): the leading `rank` right singular
+    vectors of [dW | db]."""
+    stacked = torch.cat([weight_grad, bias_grad.unsqueeze(-1)], dim=-1).double()
+    _, _, vh = torch.linalg.svd(stacked, full_matrices=False)
+    if vh.shape[1] < rank:
+        raise ValueError(f"the encoder's gradient has rank at most {vh.shape[1]}; cannot span {rank} images")
+    return vh[:, :rank, :].to(weight_grad.dtype)
+
+
+class SpanMatching(RowsObjective):
+    """Rows are updates of B dummy images; each row's loss is the chordal distance between the span of
+    its images' [features, 1] and the recovered span, plus TV; one batched forward and backward."""
+
+    engine = "batched"
+
+    def __init__(self, model: StagedNet, spans: torch.Tensor, tv_weight: float):
+        self.model, self.spans, self.tv_weight = model, spans, tv_weight
+        self.mean, self.std = model.mean[0], model.std[0]
+        self.group = spans.shape[1]
+
+    def matching_loss(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """images (n, B, C, H, W) -> (n,)"""
+        n = images.shape[0]
+        with per_row_batch_norm(self.model):
+            features = features_before_precode(self.model, images.flatten(0, 1) * self.std + self.mean)
+        augmented = torch.cat([features, torch.ones_like(features[:, :1])], dim=1).view(n, self.group, -1)
+        basis, _ = torch.linalg.qr(augmented.transpose(1, 2).double())  # (n, in + 1, B), orthonormal columns
+        overlap = torch.bmm(self.spans[rows].double(), basis).pow(2).sum((1, 2))
+        return (1 - overlap / self.group).to(images.dtype)
+
+    def evaluate(self, x, rows, latent):
+        images = x[rows].detach().requires_grad_(True)
+        with torch.enable_grad():
+            tv = total_variation_rows(images.flatten(0, 1)).view(-1, self.group).mean(1)
+            losses = self.matching_loss(images, rows) + self.tv_weight * tv
+            (gradients,) = torch.autograd.grad(losses.sum(), images)
+        return losses.detach(), gradients
+
+    def score(self, x_row, row, latent_row):
+        with torch.no_grad():
+            return self.matching_loss(x_row.unsqueeze(0), torch.tensor([row], device=x_row.device))[0]
 
 
 class FeatureMatching(RowsObjective):
@@ -106,18 +161,30 @@ class AnalyticEncoderInversion(RowOptimisation):
         bias = next(n for n in names if n.endswith("bias"))
         return recover_linear_input(view.gradients[weight], view.gradients[bias])
 
+    def recover_span(self, view: ServerView) -> torch.Tensor:
+        names = view.model.encoder_parameter_names()
+        if not names:
+            raise ValueError("the analytic attack needs a PRECODE model (it inverts PRECODE's encoder)")
+        weight = next(n for n in names if n.endswith("weight"))
+        bias = next(n for n in names if n.endswith("bias"))
+        return recover_feature_span(view.gradients[weight], view.gradients[bias], view.images_per_update)
+
     def __call__(self, view: ServerView, seed: int,
                  progress: Callable[[int, torch.Tensor], None] | None = None,
                  victim_ids: list[int] | None = None) -> AttackResult:
         model = view.model
         device = model.mean.device
-        features = self.recover_features(view).to(device).repeat_interleave(self.restarts, dim=0)
         problem = GradientMatchingProblem(
             names=[], iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
             init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay,
             precision=self.precision)
-        objective = FeatureMatching(model, features, self.tv_weight, self.feature_loss)
+        if view.images_per_update == 1:  # rank one (for local steps, the leading direction: approximate)
+            features = self.recover_features(view).to(device).repeat_interleave(self.restarts, dim=0)
+            objective = FeatureMatching(model, features, self.tv_weight, self.feature_loss)
+        else:
+            spans = self.recover_span(view).to(device).repeat_interleave(self.restarts, dim=0)
+            objective = SpanMatching(model, spans, self.tv_weight)
         # Labels play no part; the result records what the server would infer as "unknown" (-1).
-        labels = view.labels if view.labels is not None else torch.full((view.num_victims,), -1)
+        labels = view.labels if view.labels is not None else torch.full((view.num_images,), -1)
         return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every,
                         victim_ids=victim_ids, objective=objective)

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ppp.attacks.objectives import cosine_distance, total_variation
+from ppp.attacks.objectives import cosine_distance, total_variation, total_variation_rows
 from ppp.attacks.per_layer import PerLayerObjective, row_selector, unsupported_reason
-from ppp.gradients import set_model_mode, shared_gradient
+from ppp.client import functional_update, simulated_update
+from ppp.gradients import set_model_mode
 from ppp.models import StagedNet
 from ppp.optim import Adam, multistep_lr
 from ppp.precode import code_mode, given_noise
@@ -45,10 +46,22 @@ class ServerView:
     gradients: dict[str, torch.Tensor]  # name -> (B, *param.shape), the defended shared gradients
     labels: torch.Tensor | None = None  # (B,) where labels are known to the server
     model_mode: str = "eval"  # the mode the protocol computes updates in (ppp.gradients.MODEL_MODES)
+    # What the server is told of the client's update (ppp.client): images per update, and the local
+    # steps and learning rate it simulates (1 step where it is not told them: FedSGD's gradient).
+    images_per_update: int = 1
+    local_steps: int = 1
+    local_lr: float = 0.01
 
     @property
-    def num_victims(self) -> int:
+    def num_updates(self) -> int:
+        """Shared updates: one row of the attack each (`images_per_update` images in it)."""
         return next(iter(self.gradients.values())).shape[0]
+
+    num_victims = num_updates  # one image per update: an update is a victim
+
+    @property
+    def num_images(self) -> int:
+        return self.num_updates * self.images_per_update
 
 
 @dataclass
@@ -63,11 +76,12 @@ class AttackResult:
     engine: str | None = None  # the row engine that ran (auto resolved)
 
 
-def infer_labels(model: StagedNet, gradients: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Labels of single-image updates from the classifier's weight gradient (iDLG): with non-negative
-    features, only the true class's row has a negative sum."""
-    weight = gradients[model.classifier_weight_name()]  # (B, classes, features)
-    return weight.flatten(2).sum(dim=2).argmin(dim=1)
+def infer_labels(model: StagedNet, gradients: dict[str, torch.Tensor], images_per_update: int = 1,
+                 strategy: str = "auto") -> torch.Tensor:
+    """The labels of every update's images, flat (ppp.attacks.labels)."""
+    from ppp.attacks.labels import infer_update_labels
+
+    return infer_update_labels(model, gradients, images_per_update, strategy)
 
 
 @dataclass
@@ -92,6 +106,14 @@ class GradientMatchingProblem:
     precode_code: str = "sample"  # the attacker's PRECODE code in its own passes: sample or mean
     latent: bool = False  # also optimise PRECODE's noise per row (the latent attack); starts at the mean code
     precision: str = "float32"  # float32, or bfloat16: the objective's passes under autocast (PRECISIONS)
+    # The client's update as the server simulates it (ppp.client.simulated_update).
+    local_steps: int = 1
+    local_lr: float = 0.01
+
+
+def row_total_variation(x_row: torch.Tensor) -> torch.Tensor:
+    """TV of a row: one image (C, H, W), or the mean over the images of an update (B, C, H, W)."""
+    return total_variation(x_row) if x_row.dim() == 3 else total_variation_rows(x_row).mean()
 
 
 class RowObjective:
@@ -102,17 +124,23 @@ class RowObjective:
     evaluates one row after another through autograd. Both compute the same function."""
 
     def __init__(self, model: StagedNet, names: list[str], labels: torch.Tensor, targets: list[torch.Tensor],
-                 tv_weight: float):
+                 tv_weight: float, local_steps: int = 1, local_lr: float = 0.01):
         self.model, self.names, self.labels, self.targets = model, names, labels, targets
         self.tv_weight = tv_weight
+        self.local_steps, self.local_lr = local_steps, local_lr
         self.mean, self.std = model.mean[0], model.std[0]
 
     def gradient_loss(self, x_row: torch.Tensor, row: int, create_graph: bool,
                       latent_row: torch.Tensor | None = None) -> torch.Tensor:
-        pixels = x_row.unsqueeze(0) * self.std + self.mean
-        with given_noise(self.model, latent_row.unsqueeze(0)) if latent_row is not None else contextlib.nullcontext():
-            grads = shared_gradient(self.model, pixels, self.labels[row: row + 1], create_graph=create_graph,
-                                    names=self.names)
+        """Row `row`: one image (C, H, W) with label labels[row], or an update's images (B, C, H, W) with
+        labels[row] (B,)."""
+        single = x_row.dim() == 3
+        pixels = (x_row.unsqueeze(0) if single else x_row) * self.std + self.mean
+        labels = self.labels[row: row + 1] if single else self.labels[row]
+        noise = None if latent_row is None else (latent_row.unsqueeze(0) if single else latent_row)
+        with given_noise(self.model, noise) if noise is not None else contextlib.nullcontext():
+            grads = simulated_update(self.model, pixels, labels, self.names, self.local_steps, self.local_lr,
+                                     create_graph=create_graph)
         return cosine_distance([grads[n] for n in self.names], [t[row] for t in self.targets])
 
     def loop(self, x: torch.Tensor, rows: torch.Tensor, latent: torch.Tensor | None = None) -> tuple:
@@ -124,7 +152,7 @@ class RowObjective:
             x_row = x[row].detach().requires_grad_(True)
             z_row = None if latent is None else latent[row].detach().requires_grad_(True)
             loss = self.gradient_loss(x_row, row, create_graph=True, latent_row=z_row) \
-                + self.tv_weight * total_variation(x_row)
+                + self.tv_weight * row_total_variation(x_row)
             if z_row is None:
                 (grads[k],) = torch.autograd.grad(loss, x_row)
             else:
@@ -138,15 +166,23 @@ class RowObjective:
         model, names = self.model, self.names
         params = dict(model.named_parameters())
         selected = {n: params[n].detach() for n in names}
+        every = {n: p.detach() for n, p in params.items()}
 
         def row_loss(x_row, label, targets):
+            single = x_row.dim() == 3
+            pixels = (x_row.unsqueeze(0) if single else x_row) * self.std + self.mean
+            labels = label.unsqueeze(0) if single else label
+            if self.local_steps > 1:
+                g = functional_update(model, every, pixels, labels, names, self.local_steps, self.local_lr)
+                return cosine_distance([g[n] for n in names], targets) + self.tv_weight * row_total_variation(x_row)
+
             def training_loss(weights):
-                logits = functional_call(model, weights, (x_row.unsqueeze(0) * self.std + self.mean,))
+                logits = functional_call(model, weights, (pixels,))
                 # PRECODE's KL is stored by this same forward, so it is read inside the transform.
-                return F.cross_entropy(logits, label.unsqueeze(0)) + model.regularizer()
+                return F.cross_entropy(logits, labels) + model.regularizer()
 
             g = grad(training_loss)(selected)
-            return cosine_distance([g[n] for n in names], targets) + self.tv_weight * total_variation(x_row)
+            return cosine_distance([g[n] for n in names], targets) + self.tv_weight * row_total_variation(x_row)
 
         batched = vmap(grad_and_value(row_loss), randomness="different", chunk_size=chunk_rows)
         with _no_running_stats(model), torch.no_grad():
@@ -168,15 +204,18 @@ def objective_precision(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
-def choose_engine(requested: str, model: StagedNet, names: list[str]) -> str:
-    """The row engine to run: `auto` is per_layer where the model supports it, else vmap."""
+def choose_engine(requested: str, model: StagedNet, names: list[str], images_per_update: int = 1,
+                  local_steps: int = 1, latent: bool = False) -> str:
+    """The row engine to run: `auto` is per_layer where the model supports it, else vmap (the loop
+    for the latent attack and for local steps, which vmap does not run or runs slower)."""
     if requested not in ENGINES:
         raise ValueError(f"unknown attack engine {requested!r}; known: {', '.join(ENGINES)}")
     if requested == "auto":
-        reason = unsupported_reason(model, names)
+        reason = unsupported_reason(model, names, images_per_update, local_steps)
         if reason:
-            log.info("attack engine auto: vmap, because per_layer does not apply (%s)", reason)
-            return "vmap"
+            fallback = "loop" if latent or local_steps > 1 else "vmap"
+            log.info("attack engine auto: %s, because per_layer does not apply (%s)", fallback, reason)
+            return fallback
         return "per_layer"
     return requested
 
@@ -191,7 +230,7 @@ def saved_bytes_per_row(objective: RowObjective, x: torch.Tensor) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        objective.loop(x, torch.tensor([0], device=x.device))
+        objective.loop(x[:1], torch.tensor([0], device=x.device))
     return total
 
 
@@ -239,6 +278,7 @@ class RowOptimisation:
     boxed: bool = True
     lr_decay: bool = True
     labels: str = "known"  # known: the server has the labels; inferred: from the classifier's gradient
+    label_strategy: str = "auto"  # how labels are inferred (ppp.attacks.labels.LABEL_STRATEGIES)
     progress_every: int = 0
     precision: str = "float32"  # or bfloat16: the objective under autocast (PRECISIONS)
 
@@ -247,6 +287,11 @@ class RowOptimisation:
             raise ValueError(f"attack precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.labels not in ("known", "inferred"):
             raise ValueError(f"attack labels must be 'known' or 'inferred', got {self.labels!r}")
+        from ppp.attacks.labels import LABEL_STRATEGIES
+
+        if self.label_strategy not in ("auto", *LABEL_STRATEGIES):
+            raise ValueError(f"attack label_strategy must be auto or one of {', '.join(LABEL_STRATEGIES)}, "
+                             f"got {self.label_strategy!r}")
         if self.iterations < 1 or self.restarts < 1:
             raise ValueError("attack iterations and restarts must be >= 1")
 
@@ -271,13 +316,16 @@ class GradientMatching(RowsObjective):
 
     def __init__(self, model: StagedNet, labels: torch.Tensor, targets: list[torch.Tensor],
                  problem: GradientMatchingProblem, x: torch.Tensor):
-        self.rows = RowObjective(model, problem.names, labels, targets, problem.tv_weight)
+        images_per_update = 1 if x.dim() == 4 else x.shape[1]
+        self.rows = RowObjective(model, problem.names, labels, targets, problem.tv_weight, problem.local_steps,
+                                 problem.local_lr)
         self.chunk_rows = rows_per_chunk(self.rows, x, problem.memory_budget_mb, problem.chunk_rows)
-        self.engine = choose_engine(problem.engine, model, problem.names)
+        self.engine = choose_engine(problem.engine, model, problem.names, images_per_update, problem.local_steps,
+                                    problem.latent)
         if problem.latent and self.engine == "vmap":
             raise ValueError("the latent attack runs on the per_layer or loop engine, not vmap")
-        self.per_layer = PerLayerObjective(model, problem.names, labels, targets, problem.tv_weight) \
-            if self.engine == "per_layer" else None
+        self.per_layer = PerLayerObjective(model, problem.names, labels, targets, problem.tv_weight,
+                                           images_per_update) if self.engine == "per_layer" else None
 
     def evaluate(self, x, rows, latent):
         # A single row is faster through plain autograd than through a vmap of one (benchmarks/).
@@ -308,8 +356,10 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     for p in model.parameters():
         p.requires_grad_(True)
     device = model.mean.device
-    batch, restarts = view.num_victims, problem.restarts
-    shape = model.in_shape
+    batch, restarts = view.num_updates, problem.restarts
+    per_update = view.images_per_update
+    # A row is one image, or the `per_update` images of one update, optimised together.
+    shape = model.in_shape if per_update == 1 else (per_update, *model.in_shape)
     mean, std = model.mean[0], model.std[0]
     # Optimise in normalised space, as Inverting Gradients does; the box is [0, 1] in pixels.
     lower, upper = (0 - mean) / std, (1 - mean) / std
@@ -336,10 +386,10 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         if model.bottleneck is None:
             raise ValueError("the latent attack needs a PRECODE model")
         # PRECODE's noise, one row per image, starting at zero: the mean code.
-        latent = torch.zeros(n_rows, model.bottleneck.bottleneck_size, device=device)
+        latent = torch.zeros(n_rows, *shape[:-3], model.bottleneck.bottleneck_size, device=device)
         latent.grad = torch.zeros_like(latent)
     if objective is None:
-        row_labels = labels.to(device).repeat_interleave(restarts)
+        row_labels = labels.to(device).view(batch, *shape[:-3]).repeat_interleave(restarts, dim=0)
         targets = [view.gradients[n].to(device).repeat_interleave(restarts, dim=0) for n in problem.names]
         objective = GradientMatching(model, row_labels, targets, problem, x)
     optimised = [x] if latent is None else [x, latent]
@@ -409,7 +459,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     scores = scores.view(batch, restarts)
     best = scores.argmin(dim=1)
     final_images = (best_x * std + mean).clamp(0, 1).view(batch, restarts, *shape).cpu()
-    images = final_images[torch.arange(batch), best]
+    images = final_images[torch.arange(batch), best].reshape(batch * per_update, *model.in_shape)
     return AttackResult(images=images, gradient_loss=scores[torch.arange(batch), best], restart_losses=scores,
                         labels=labels.cpu(), seconds=time.perf_counter() - started,
                         chunk_rows=objective.chunk_rows, engine=objective.engine, iterations=iterations_run.view(batch, restarts)[torch.arange(batch), best])

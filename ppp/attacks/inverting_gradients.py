@@ -50,13 +50,14 @@ class InvertingGradients(RowOptimisation):
                 raise ValueError("attack labels: 'known' but the server view has no labels")
             labels = view.labels
         else:
-            labels = infer_labels(view.model, view.gradients)
+            labels = infer_labels(view.model, view.gradients, view.images_per_update, self.label_strategy)
         problem = GradientMatchingProblem(
             names=select_parameters(view.model, self.selection, self.keep_encoder),
             iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
             init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay,
             engine=self.engine, chunk_rows=self.batch_size, patience=self.patience,
             min_improvement=self.min_improvement, memory_budget_mb=self.memory_budget_mb,
-            precode_code=self.precode_code, latent=self.latent, precision=self.precision)
+            precode_code=self.precode_code, latent=self.latent, precision=self.precision,
+            local_steps=view.local_steps, local_lr=view.local_lr)
         return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every,
                         victim_ids=victim_ids)

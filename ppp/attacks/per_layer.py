@@ -188,6 +188,59 @@ def batch_norm_weight_terms(layer: nn.modules.batchnorm._BatchNorm, inputs: torc
     return _dot_and_square((delta * normalised).flatten(2).sum(2), target)
 
 
+def grouped_weight_gradient(layer: nn.Module, inputs: torch.Tensor, delta: torch.Tensor,
+                            group: int) -> torch.Tensor:
+    """Each update's weight gradient (rows, *weight.shape): the sum of the gradients of its `group`
+    images, which come consecutively in `inputs` and `delta` (rows * group first)."""
+    rows = inputs.shape[0] // group
+    if isinstance(layer, nn.Conv2d):
+        # The update's images as the batch and the updates as groups: torch's weight gradient sums the batch.
+        def as_batch(t):
+            return t.reshape(rows, group, *t.shape[1:]).transpose(0, 1).reshape(group, rows * t.shape[1], *t.shape[2:])
+        out_channels = delta.shape[1]
+        grouped_shape = (rows * out_channels, inputs.shape[1], *layer.kernel_size)
+        _, gradient, _ = torch.ops.aten.convolution_backward(
+            as_batch(delta), as_batch(inputs), inputs.new_zeros(grouped_shape), None, layer.stride, layer.padding,
+            layer.dilation, False, (0, 0), rows, (False, True, False))
+        return gradient.reshape(rows, out_channels, *gradient.shape[1:])
+    if isinstance(layer, nn.Linear):
+        u = inputs.reshape(rows, -1, inputs.shape[-1])
+        d = delta.reshape(rows, -1, delta.shape[-1])
+        return torch.bmm(d.transpose(1, 2), u)
+    if isinstance(layer, nn.GroupNorm):
+        normalised = F.group_norm(inputs, layer.num_groups, eps=layer.eps)
+    elif isinstance(layer, nn.modules.batchnorm._BatchNorm) and not _uses_own_statistics(layer):
+        shape = (1, -1) + (1,) * (inputs.dim() - 2)
+        normalised = (inputs - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
+    else:
+        raise ValueError(f"no grouped per-layer rule for {type(layer).__name__}")
+    return (delta * normalised).flatten(2).sum(2).reshape(rows, group, -1).sum(1)
+
+
+def grouped_layer_terms(rule: LayerRule, layer: nn.Module, inputs: torch.Tensor, delta: torch.Tensor,
+                        targets: dict[str, torch.Tensor], group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """layer_terms for updates of `group` images: each update's gradient is the sum of its images'."""
+    rows = inputs.shape[0] // group
+    dot = torch.zeros(rows, device=inputs.device)
+    square = torch.zeros(rows, device=inputs.device)
+    if "weight" in targets:
+        if isinstance(layer, nn.Linear) and inputs.dim() == 2:
+            # sum_i d_i u_i^T without forming it: <., T> = sum_i d_i^T T u_i, |.|^2 = sum_ij (d_i.d_j)(u_i.u_j)
+            u, d = inputs.reshape(rows, group, -1), delta.reshape(rows, group, -1)
+            dot = dot + (torch.bmm(d, targets["weight"]) * u).sum((1, 2))
+            square = square + (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(u, u.transpose(1, 2))).sum((1, 2))
+        else:
+            weight_dot, weight_square = _dot_and_square(grouped_weight_gradient(layer, inputs, delta, group),
+                                                        targets["weight"])
+            dot, square = dot + weight_dot, square + weight_square
+    if "bias" in targets:
+        channels = delta.movedim(rule.channel_axis, 1)
+        bias_gradient = channels.reshape(rows, group, channels.shape[1], -1).sum((1, 3))
+        bias_dot, bias_square = _dot_and_square(bias_gradient, targets["bias"])
+        dot, square = dot + bias_dot, square + bias_square
+    return dot, square
+
+
 @contextlib.contextmanager
 def per_row_batch_norm(model: nn.Module):
     """Run training-mode BatchNorm2d layers as instance normalisation, so that each row of a batched
@@ -211,9 +264,16 @@ def _rule_for(layer: nn.Module) -> LayerRule | None:
     return None
 
 
-def unsupported_reason(model: nn.Module, names: list[str]) -> str | None:
+def unsupported_reason(model: nn.Module, names: list[str], images_per_update: int = 1,
+                       local_steps: int = 1) -> str | None:
     """Why the per-layer engine cannot compute this model's matched gradients, or None if it can."""
+    if local_steps > 1:
+        return f"{local_steps} local steps: the update is not one backward pass"
     modules = dict(model.named_modules())
+    if images_per_update > 1:
+        for name, module in modules.items():
+            if _uses_own_statistics(module):
+                return f"{name} normalises with the statistics of the update's {images_per_update} images"
     for name, module in modules.items():
         if _uses_own_statistics(module) and not isinstance(module, nn.BatchNorm2d):
             return (f"{name} is {type(module).__name__} in training mode; only BatchNorm2d has a per-row "
@@ -243,8 +303,9 @@ class PerLayerObjective:
     images, from one batched forward and two backward passes; equal to RowObjective.loop row by row."""
 
     def __init__(self, model: StagedNet, names: list[str], labels: torch.Tensor, targets: list[torch.Tensor],
-                 tv_weight: float):
-        reason = unsupported_reason(model, names)
+                 tv_weight: float, images_per_update: int = 1):
+        self.group = images_per_update  # rows are updates of this many images (x: rows, group, C, H, W)
+        reason = unsupported_reason(model, names, images_per_update)
         if reason:
             raise ValueError(f"attack engine per_layer cannot run this model: {reason}; use engine vmap")
         modules = dict(model.named_modules())
@@ -266,9 +327,14 @@ class PerLayerObjective:
         return tuple(torch.cat([p[k] for p in parts]) for k in range(len(parts[0])))
 
     def _evaluate(self, x: torch.Tensor, rows: torch.Tensor, latent: torch.Tensor | None) -> tuple:
+        group = self.group
         images = x[rows].detach().requires_grad_(True)
         noise = None if latent is None else latent[rows].detach().requires_grad_(True)
         select = row_selector(rows)
+        # An update's images are consecutive rows of one ordinary batch.
+        flat_images = images if group == 1 else images.flatten(0, 1)
+        flat_noise = noise if noise is None or group == 1 else noise.flatten(0, 1)
+        flat_labels = self.labels[select] if group == 1 else self.labels[select].flatten()
         captured: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
         def capture(name: str):
@@ -281,10 +347,11 @@ class PerLayerObjective:
         handles = [layer.register_forward_hook(capture(name)) for name, layer in self.layers.items()]
         try:
             with torch.enable_grad(), per_row_batch_norm(self.model), \
-                    given_noise(self.model, noise) if noise is not None else contextlib.nullcontext():
+                    given_noise(self.model, flat_noise) if noise is not None else contextlib.nullcontext():
                 # training_loss averages per-image terms (cross-entropy, PRECODE's KL), so n times it is
-                # the sum of the rows' own losses and its output gradients are each row's own.
-                loss = len(rows) * training_loss(self.model, images * self.std + self.mean, self.labels[select])
+                # the sum of the rows' own losses (each the mean over its update's images) and its output
+                # gradients are each row's own.
+                loss = len(rows) * training_loss(self.model, flat_images * self.std + self.mean, flat_labels)
         finally:
             for handle in handles:
                 handle.remove()
@@ -302,10 +369,15 @@ class PerLayerObjective:
             for name, delta in zip(names, deltas):
                 layer = self.layers[name]
                 targets = {kind: t[select] for kind, t in self.targets[name].items()}
-                layer_dot, layer_square = layer_terms(_rule_for(layer), layer, captured[name][0], delta, targets)
+                if group == 1:
+                    layer_dot, layer_square = layer_terms(_rule_for(layer), layer, captured[name][0], delta, targets)
+                else:
+                    layer_dot, layer_square = grouped_layer_terms(_rule_for(layer), layer, captured[name][0], delta,
+                                                                  targets, group)
                 dot, square = dot + layer_dot, square + layer_square
             distance = 1 - dot / (square.sqrt() * self.target_norms[select]).clamp_min(1e-12)
-            losses = distance + self.tv_weight * total_variation_rows(images)
+            tv = total_variation_rows(images) if group == 1 else total_variation_rows(flat_images).view(-1, group).mean(1)
+            losses = distance + self.tv_weight * tv
             if noise is None:
                 (gradients,) = torch.autograd.grad(losses.sum(), images)
                 return losses.detach(), gradients

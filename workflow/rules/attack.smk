@@ -1,14 +1,14 @@
 rule attack:
     input:
-        gradients=f"{RESULTS}/gradients/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/{{state}}.safetensors",
+        gradients=f"{RESULTS}/gradients/{{dataset}}/{{arch}}/{{client}}/{{defense}}/{{sigma}}/{{state}}.safetensors",
         model=model_state_path,
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
     output:
-        reconstructions=f"{RESULTS}/attacks/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/{{state}}/{{attack}}/reconstructions.safetensors",
+        reconstructions=f"{RESULTS}/attacks/{{dataset}}/{{arch}}/{{client}}/{{defense}}/{{sigma}}/{{state}}/{{attack}}/reconstructions.safetensors",
     log:
-        f"{LOGS}/attack/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}_{{state}}_{{attack}}.log",
+        f"{LOGS}/attack/{{dataset}}_{{arch}}_{{client}}_{{defense}}_{{sigma}}_{{state}}_{{attack}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/attack/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}_{{state}}_{{attack}}.tsv"
+        f"{RESULTS}/benchmarks/attack/{{dataset}}_{{arch}}_{{client}}_{{defense}}_{{sigma}}_{{state}}_{{attack}}.tsv"
     conda:
         "../envs/ppp.yaml"
     threads: 1
@@ -22,6 +22,8 @@ rule attack:
         precode=precode_params(),
         model_mode=lambda w: model_mode(config, w.arch),
         has_precode=lambda w: needs_precode(w.defense),
+        local_lr=lambda w: client_setting(config, w.arch, w.client).local_lr,
+        server_knows_local_hyperparameters=server_knows(config, "local_hyperparameters"),
         seed=config["seed"],
         device=config["device"],
     script:
@@ -34,14 +36,14 @@ rule evaluate:
         reconstructions=cell_reconstructions,
         victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
     output:
-        metrics=f"{RESULTS}/eval/{{dataset}}/{{arch}}/{{state}}/metrics.csv",
+        metrics=f"{RESULTS}/eval/{{dataset}}/{{arch}}/{{client}}/{{state}}/metrics.csv",
         grid=report(
-            f"{RESULTS}/plots/reconstructions_{{dataset}}_{{arch}}_{{state}}.png",
+            f"{RESULTS}/plots/reconstructions_{{dataset}}_{{arch}}_{{client}}_{{state}}.png",
             caption="../report/overview.rst",
             category="Reconstructions",
         ),
     log:
-        f"{LOGS}/evaluate/{{dataset}}_{{arch}}_{{state}}.log",
+        f"{LOGS}/evaluate/{{dataset}}_{{arch}}_{{client}}_{{state}}.log",
     conda:
         "../envs/ppp.yaml"
     resources:

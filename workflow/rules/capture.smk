@@ -4,9 +4,9 @@ rule capture:
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
         victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
     output:
-        gradients=f"{RESULTS}/gradients/{{dataset}}/{{arch}}/{{defense}}/{{sigma}}/{{state}}.safetensors",
+        gradients=f"{RESULTS}/gradients/{{dataset}}/{{arch}}/{{client}}/{{defense}}/{{sigma}}/{{state}}.safetensors",
     log:
-        f"{LOGS}/capture/{{dataset}}_{{arch}}_{{defense}}_{{sigma}}_{{state}}.log",
+        f"{LOGS}/capture/{{dataset}}_{{arch}}_{{client}}_{{defense}}_{{sigma}}_{{state}}.log",
     conda:
         "../envs/ppp.yaml"
     threads: 1
@@ -20,6 +20,7 @@ rule capture:
         model_mode=lambda w: model_mode(config, w.arch),
         num_victims=lambda w: victims_per_cell(config, w.arch),
         noise=noise_options(config),
+        local_lr=lambda w: client_setting(config, w.arch, w.client).local_lr,
         seed=config["seed"],
         device=config["device"],
     script:

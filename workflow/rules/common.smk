@@ -3,6 +3,9 @@ import os
 
 from ppp.config import (
     attack_options,
+    client_setting,
+    client_settings,
+    server_knows,
     defense_applies,
     defense_scales,
     max_victims,
@@ -25,6 +28,7 @@ wildcard_constraints:
     defense="|".join(DEFENSES),
     sigma=r"[0-9][0-9.e+-]*",
     state="init|trained",
+    client=r"b[0-9]+s[0-9]+",
     attack="[a-z_]+",
 
 
@@ -54,23 +58,39 @@ def variant_of(defense):
     return "precode" if needs_precode(defense) else "plain"
 
 
+def client_names(arch):
+    """The client settings (b<images>s<local steps>) swept on one architecture."""
+    return [setting.name for setting in client_settings(config, arch)]
+
+
 def attack_cells():
-    """Every (dataset, arch, defense, sigma, state, attack) the study attacks."""
+    """Every (dataset, arch, client, defense, sigma, state, attack) the study attacks."""
     for dataset in config["datasets"]:
         for arch in config["archs"]:
-            for defense, sigma in defense_cells(arch):
+            for client in client_names(arch):
+                for defense, sigma in defense_cells(arch):
+                    for state in config["model_states"]:
+                        for attack in config["attacks"]:
+                            if attack_needs_precode(attack) and not needs_precode(defense):
+                                continue  # the targeted attack is defined by PRECODE's position
+                            yield dict(
+                                dataset=dataset,
+                                arch=arch,
+                                client=client,
+                                defense=defense,
+                                sigma=sigma,
+                                state=state,
+                                attack=attack,
+                            )
+
+
+def evaluation_cells():
+    """Every (dataset, arch, client, state): one evaluate job each."""
+    for dataset in config["datasets"]:
+        for arch in config["archs"]:
+            for client in client_names(arch):
                 for state in config["model_states"]:
-                    for attack in config["attacks"]:
-                        if attack_needs_precode(attack) and not needs_precode(defense):
-                            continue  # the targeted attack is defined by PRECODE's position
-                        yield dict(
-                            dataset=dataset,
-                            arch=arch,
-                            defense=defense,
-                            sigma=sigma,
-                            state=state,
-                            attack=attack,
-                        )
+                    yield dict(dataset=dataset, arch=arch, client=client, state=state)
 
 
 def model_state_path(wildcards):
@@ -81,12 +101,10 @@ def model_state_path(wildcards):
 
 
 def reconstruction_grids():
-    return expand(
-        f"{RESULTS}/plots/reconstructions_{{dataset}}_{{arch}}_{{state}}.png",
-        dataset=list(config["datasets"]),
-        arch=config["archs"],
-        state=config["model_states"],
-    )
+    return [
+        f"{RESULTS}/plots/reconstructions_{c['dataset']}_{c['arch']}_{c['client']}_{c['state']}.png"
+        for c in evaluation_cells()
+    ]
 
 
 def precode_params():
@@ -120,22 +138,20 @@ def gpu_request():
 
 
 def cell_reconstructions(wildcards):
-    """Every attack cell of one (dataset, arch, state), in the order of the config."""
+    """Every attack cell of one (dataset, arch, client, state), in the order of the config."""
     return [
-        f"{RESULTS}/attacks/{c['dataset']}/{c['arch']}/{c['defense']}/{c['sigma']}/{c['state']}/{c['attack']}/reconstructions.safetensors"
+        f"{RESULTS}/attacks/{c['dataset']}/{c['arch']}/{c['client']}/{c['defense']}/{c['sigma']}/{c['state']}/{c['attack']}/reconstructions.safetensors"
         for c in attack_cells()
-        if (c["dataset"], c["arch"], c["state"])
-        == (wildcards.dataset, wildcards.arch, wildcards.state)
+        if (c["dataset"], c["arch"], c["client"], c["state"])
+        == (wildcards.dataset, wildcards.arch, wildcards.client, wildcards.state)
     ]
 
 
 def evaluation_files():
-    return expand(
-        f"{RESULTS}/eval/{{dataset}}/{{arch}}/{{state}}/metrics.csv",
-        dataset=list(config["datasets"]),
-        arch=config["archs"],
-        state=config["model_states"],
-    )
+    return [
+        f"{RESULTS}/eval/{c['dataset']}/{c['arch']}/{c['client']}/{c['state']}/metrics.csv"
+        for c in evaluation_cells()
+    ]
 
 
 def utility_files():

@@ -33,6 +33,11 @@ rule aggregate:
             caption="../report/privacy_utility.rst",
             category="Plots",
         ),
+        batch_size=report(
+            f"{RESULTS}/plots/batch_size.png",
+            caption="../report/batch_size.rst",
+            category="Plots",
+        ),
     log:
         f"{LOGS}/aggregate.log",
     localrule: True

@@ -15,5 +15,7 @@ with job(snakemake, {"verdicts": snakemake.params.verdicts}) as run:
     report.write_csv(report.findings(summary, correct, verdicts), out.findings)
     report.write_csv(report.worst_case(summary, correct, verdicts), out.worst_case)
     report.privacy_utility_plot(summary, out.privacy_utility)
-    for path in (out.reconstructions, out.utility, out.summary, out.findings, out.worst_case, out.privacy_utility):
+    report.batch_size_plot(summary, out.batch_size)
+    for path in (out.reconstructions, out.utility, out.summary, out.findings, out.worst_case, out.privacy_utility,
+                 out.batch_size):
         run.log_artifact(path)

@@ -1,0 +1,182 @@
+"""Client updates as federated learning sends them: several images per update, several local steps.
+
+A client holds `images` private images. With one local step (FedSGD) it sends the gradient of its mean
+training loss on them. With more (FedAvg) it runs `local_steps` plain SGD steps at `local_lr`, each on
+all of its images, and sends the model difference as a pseudo-gradient, (w_0 - w_S) / (local_lr * S),
+which equals the gradient for one step and keeps a noise scale sigma meaning the same thing for both
+(servers treat client differences as pseudo-gradients: Reddi et al. 2021, "Adaptive Federated
+Optimization"; breaching's `UserMultiStep` and inversefed's `FedAvgReconstructor` send the difference,
+which differs only by the factor local_lr * S, to which the cosine objective is blind).
+
+Defences act on what is sent: noise and PPP on the named parts of the (pseudo-)gradient, PRECODE by its
+sampling (a fresh draw per image and per step), DP-SGD inside every local step (each image's gradient
+clipped, Gaussian noise on the sum, divided by the number of images), as Opacus does per batch.
+
+The server's own simulation of the client (`simulated_update`) is differentiable in the images, so an
+attacker can match the update of dummy images (inversefed's FedAvgReconstructor does the same).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call
+
+from ppp.defenses import DPSGD, Defense
+from ppp.gradients import shared_gradient, training_loss
+from ppp.models import StagedNet
+
+SETTING_PATTERN = re.compile(r"^b(\d+)s(\d+)$")
+
+
+@dataclass(frozen=True)
+class ClientSetting:
+    """What one client update is: images per update, local SGD steps and their learning rate."""
+
+    images: int = 1
+    local_steps: int = 1
+    local_lr: float = 0.01
+
+    def __post_init__(self):
+        if self.images < 1 or self.local_steps < 1:
+            raise ValueError(f"client update: images and local_steps must be >= 1, got {self.images}, "
+                             f"{self.local_steps}")
+        if self.local_steps > 1 and not self.local_lr > 0:
+            raise ValueError(f"client local_lr must be > 0 for FedAvg, got {self.local_lr}")
+
+    @property
+    def name(self) -> str:
+        """The workflow's wildcard for this setting: b<images>s<local steps>."""
+        return f"b{self.images}s{self.local_steps}"
+
+    @property
+    def is_single_gradient(self) -> bool:
+        """One image, one step: the study's original single-image gradient."""
+        return self.images == 1 and self.local_steps == 1
+
+    @classmethod
+    def parse(cls, name: str, local_lr: float = 0.01) -> "ClientSetting":
+        match = SETTING_PATTERN.match(name)
+        if not match:
+            raise ValueError(f"client setting {name!r} is not of the form b<images>s<local steps>")
+        return cls(int(match.group(1)), int(match.group(2)), float(local_lr))
+
+
+def form_updates(num_victims: int, images: int) -> list[list[int]]:
+    """The victims of each update: consecutive, disjoint groups of `images` (victims beyond the last full
+    group are not used). The victim sets are shuffled sets of the authors, so consecutive groups mix
+    classes as a client's data would."""
+    if images > num_victims:
+        raise ValueError(f"an update of {images} images needs at least {images} victims, got {num_victims}")
+    return [list(range(start, start + images)) for start in range(0, num_victims - images + 1, images)]
+
+
+def _dp_gradient(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, defense: DPSGD,
+                 noise_generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One DP-SGD step's gradient on a batch: each image's gradient clipped, summed, noised, averaged."""
+    per_example = [shared_gradient(model, images[i:i + 1], labels[i:i + 1]) for i in range(images.shape[0])]
+    return defense.aggregate(per_example, noise_generator)
+
+
+def client_update(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, setting: ClientSetting,
+                  defense: Defense, noise_generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The defended update a client sends for its `images` (B, C, H, W), keyed by parameter name.
+
+    PRECODE draws from torch's global generator (seed it around this call); the defence's noise comes
+    from `noise_generator`. The model's weights are unchanged afterwards."""
+    groups = model.parameter_groups()
+    if setting.local_steps == 1:
+        if defense.per_example:
+            return _dp_gradient(model, images, labels, defense, noise_generator)
+        return defense(shared_gradient(model, images, labels), groups, noise_generator)
+    update = local_training_update(model, images, labels, setting.local_steps, setting.local_lr,
+                                   defense if defense.per_example else None, noise_generator)
+    if defense.per_example:
+        return update  # DP-SGD's noise is inside every step
+    return defense(update, groups, noise_generator)
+
+
+def local_training_update(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, local_steps: int,
+                          local_lr: float, dpsgd: DPSGD | None = None,
+                          noise_generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """FedAvg's pseudo-gradient (w_0 - w_S) / (local_lr * S) after S SGD steps on all of `images`
+    (each step DP-SGD's noised, clipped gradient where `dpsgd` is given); the weights are restored."""
+    params = dict(model.named_parameters())
+    start = {n: p.detach().clone() for n, p in params.items()}
+    try:
+        for _ in range(local_steps):
+            if dpsgd is not None:
+                step = _dp_gradient(model, images, labels, dpsgd, noise_generator)
+            else:
+                step = shared_gradient(model, images, labels)
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.sub_(local_lr * step[name])
+        scale = local_lr * local_steps
+        return {n: (start[n] - p.detach()) / scale for n, p in params.items()}
+    finally:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(start[name])
+
+
+def simulated_update(model: StagedNet, pixels: torch.Tensor, labels: torch.Tensor, names: list[str],
+                     local_steps: int, local_lr: float, create_graph: bool = True) -> dict[str, torch.Tensor]:
+    """The server's differentiable simulation of an undefended client update on `pixels` (B, C, H, W):
+    the gradient for one step, the FedAvg pseudo-gradient for more; keyed by `names`."""
+    if local_steps == 1:
+        return shared_gradient(model, pixels, labels, create_graph=create_graph, names=names)
+    return simulated_local_training(model, pixels, labels, names, local_steps, local_lr, create_graph)
+
+
+def simulated_local_training(model: StagedNet, pixels: torch.Tensor, labels: torch.Tensor, names: list[str],
+                             local_steps: int, local_lr: float, create_graph: bool = True) -> dict[str, torch.Tensor]:
+    """The FedAvg pseudo-gradient of `local_training_update`, differentiable in `pixels`."""
+    params = dict(model.named_parameters())
+    order = list(params)
+    weights = dict(params)
+    for _ in range(local_steps):
+        loss = _functional_loss(model, weights, pixels, labels)
+        grads = torch.autograd.grad(loss, [weights[n] for n in order], create_graph=create_graph)
+        weights = {n: weights[n] - local_lr * g for n, g in zip(order, grads)}
+    scale = local_lr * local_steps
+    return {n: (params[n] - weights[n]) / scale for n in names}
+
+
+def _functional_loss(model: StagedNet, weights: dict[str, torch.Tensor], pixels: torch.Tensor,
+                     labels: torch.Tensor) -> torch.Tensor:
+    logits = functional_call(model, weights, (pixels,))
+    return torch.nn.functional.cross_entropy(logits, labels) + model.regularizer()
+
+
+def functional_update(model: StagedNet, weights: dict[str, torch.Tensor], pixels: torch.Tensor,
+                      labels: torch.Tensor, names: list[str], local_steps: int,
+                      local_lr: float) -> dict[str, torch.Tensor]:
+    """`simulated_update` in torch.func's functional form (for vmap): `weights` are all parameters."""
+    from torch.func import grad
+
+    def loss_of(current):
+        return _functional_loss(model, current, pixels, labels)
+
+    current = dict(weights)
+    for _ in range(local_steps):
+        step = grad(loss_of)(current)
+        current = {n: current[n] - local_lr * step[n] for n in current}
+    scale = local_lr * local_steps
+    return {n: (weights[n] - current[n]) / scale for n in names}
+
+
+def dpsgd_epsilon(noise_multiplier: float, steps: int, delta: float, sample_rate: float = 1.0) -> float:
+    """Epsilon (Opacus's RDP accountant, at `delta`) of `steps` DP-SGD steps at `sample_rate`: one client
+    update's local steps, each over all of the client's images, spend sample rate 1."""
+    if noise_multiplier <= 0:
+        return math.inf
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    for _ in range(steps):
+        accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+    return float(accountant.get_epsilon(delta=delta))

@@ -1,0 +1,250 @@
+"""Client updates of several images and several local steps, and every attack on them."""
+
+import pytest
+import torch
+
+from ppp import stages
+from ppp.attacks import ServerView, build_attack
+from ppp.attacks.analytic import recover_feature_span
+from ppp.attacks.engine import GradientMatchingProblem, GradientMatching, optimise
+from ppp.attacks.labels import infer_update_labels, label_accuracy
+from ppp.client import (ClientSetting, client_update, form_updates, functional_update, local_training_update,
+                        simulated_local_training)
+from ppp.defenses import build_defense
+from ppp.gradients import select_parameters, shared_gradient
+from ppp.io import load_tensors, write_json
+from ppp.metrics import image_metrics
+from ppp.models import PrecodeSpec, build_model
+from ppp.seeding import seeded
+
+from conftest import mnist_stats
+
+
+def _model(arch="mlp", precode=None, width=64, channels=1, seed=0):
+    mean, std = mnist_stats() if channels == 1 else ((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    options = {"width": width} if arch == "mlp" else {}
+    with seeded(seed):
+        return build_model(arch, (channels, 32, 32), 10, mean, std, precode, options).eval()
+
+
+def _updates(model, images, labels, setting, defense="none", sigma=0.0):
+    """The server's view of consecutive updates of `setting.images` victims."""
+    chosen = build_defense(defense, sigma)
+    per_update = []
+    for u, members in enumerate(form_updates(images.shape[0], setting.images)):
+        with seeded(100 + u):
+            per_update.append(client_update(model, images[members], labels[members], setting, chosen,
+                                            torch.Generator().manual_seed(u)))
+    grads = {n: torch.stack([g[n] for g in per_update]) for n in per_update[0]}
+    return ServerView(model, grads, labels.clone(), images_per_update=setting.images,
+                      local_steps=setting.local_steps, local_lr=setting.local_lr)
+
+
+def _matched_ssim(images, reconstructions, group):
+    out = []
+    for u in range(images.shape[0] // group):
+        members = list(range(u * group, (u + 1) * group))
+        order = stages.match_reconstructions(images[members], reconstructions[members])
+        out += [image_metrics(images[i], reconstructions[members[order[k]]])["ssim"] for k, i in enumerate(members)]
+    return torch.tensor(out)
+
+
+def test_updates_are_disjoint_consecutive_groups_and_too_few_victims_are_refused():
+    assert form_updates(8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert form_updates(9, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert form_updates(3, 1) == [[0], [1], [2]]
+    with pytest.raises(ValueError, match="at least 8 victims"):
+        form_updates(4, 8)
+    assert ClientSetting.parse("b4s2", 0.05) == ClientSetting(4, 2, 0.05)
+    with pytest.raises(ValueError, match="b<images>s<local steps>"):
+        ClientSetting.parse("4x2")
+
+
+@pytest.mark.parametrize("precode", [None, PrecodeSpec(bottleneck_size=16)])
+def test_fedavg_with_one_local_step_equals_fedsgd(mnist_victims, precode):
+    images, labels = mnist_victims[0][:4], mnist_victims[1][:4]
+    model = _model(precode=precode)
+    with seeded(3):
+        fedsgd = shared_gradient(model, images, labels)
+    with seeded(3):
+        fedavg = local_training_update(model, images, labels, local_steps=1, local_lr=0.05)
+    for name in fedsgd:
+        assert torch.allclose(fedavg[name], fedsgd[name], rtol=1e-4, atol=1e-6), name
+    # The server's two simulations (autograd and torch.func) agree with the client at one step and at three.
+    names = list(fedsgd)
+    with torch.no_grad():
+        weights = {n: p.detach() for n, p in model.named_parameters()}
+    from ppp.precode import code_mode
+
+    with code_mode(model, "mean"):
+        for steps in (1, 3):
+            client = local_training_update(model, images, labels, steps, 0.05)
+            simulated = simulated_local_training(model, images, labels, names, steps, 0.05, create_graph=False)
+            functional = functional_update(model, weights, images, labels, names, steps, 0.05)
+            for name in names:
+                assert torch.allclose(simulated[name], client[name], rtol=1e-4, atol=1e-6), (steps, name)
+                assert torch.allclose(functional[name], client[name], rtol=1e-4, atol=1e-6), (steps, name)
+    # More steps change the update (so a FedAvg attack must simulate them).
+    three = local_training_update(model, images, labels, 3, 0.5)
+    assert not torch.allclose(three[names[0]], fedsgd[names[0]], rtol=1e-2)
+
+
+def test_local_training_leaves_the_model_unchanged(mnist_victims):
+    model = _model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    client_update(model, mnist_victims[0][:4], mnist_victims[1][:4], ClientSetting(4, 3, 0.1), build_defense("none"),
+                  torch.Generator().manual_seed(0))
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_dpsgd_on_an_update_clips_each_image_then_noises_the_sum(mnist_victims):
+    images, labels = mnist_victims[0][:4], mnist_victims[1][:4]
+    model = _model()
+    quiet = build_defense("dpsgd", 0.0, max_grad_norm=0.01)
+    update = client_update(model, images, labels, ClientSetting(4, 1), quiet, torch.Generator().manual_seed(0))
+    per_image = [shared_gradient(model, images[i:i + 1], labels[i:i + 1]) for i in range(4)]
+    norms = [torch.sqrt(sum(g.pow(2).sum() for g in grads.values())) for grads in per_image]
+    assert all(n > 0.01 for n in norms)  # every image's gradient is clipped here
+    for name in update:
+        expected = sum(g[name] * (0.01 / (n + 1e-6)) for g, n in zip(per_image, norms)) / 4
+        assert torch.allclose(update[name], expected, atol=1e-7)
+    noisy = client_update(model, images, labels, ClientSetting(4, 1), build_defense("dpsgd", 1.0, max_grad_norm=0.01),
+                          torch.Generator().manual_seed(0))
+    residual = torch.cat([(noisy[n] - update[n]).flatten() for n in update])
+    assert residual.std().item() == pytest.approx(0.01 / 4, rel=0.05)  # std sigma * C on the sum, / B
+
+
+def test_llg_recovers_repeated_labels_where_yin_cannot(mnist_victims):
+    images, labels = mnist_victims[0][:8], mnist_victims[1][:8]
+    assert len(set(labels[4:8].tolist())) < 4  # the second update repeats a label
+    view = _updates(_model(), images, labels, ClientSetting(4, 1))
+    llg = infer_update_labels(view.model, view.gradients, 4, "llg")
+    assert label_accuracy(llg, labels, 4).tolist() == [1.0, 1.0]
+    yin = infer_update_labels(view.model, view.gradients, 4, "yin")
+    assert label_accuracy(yin, labels, 4).tolist()[1] < 1.0
+    with pytest.raises(ValueError, match="one label per update"):
+        infer_update_labels(view.model, view.gradients, 4, "idlg")
+    # The attack uses them when the server is not told the labels.
+    blind = ServerView(view.model, view.gradients, None, images_per_update=4)
+    result = build_attack("ig", iterations=1, labels="inferred")(blind, seed=0)
+    assert label_accuracy(result.labels, labels, 4).tolist() == [1.0, 1.0]
+
+
+def test_matching_finds_the_permutation_of_an_update():
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    order = [2, 0, 3, 1]
+    shuffled = images[order] + 0.01
+    assignment = stages.match_reconstructions(images, shuffled)
+    assert [order[assignment[i]] for i in range(4)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("arch,precode", [("mlp", None), ("lenet", None), ("mlp", PrecodeSpec(bottleneck_size=16)),
+                                          ("lenet", PrecodeSpec(bottleneck_size=16))])
+def test_batched_engines_equal_the_loop_on_updates_of_several_images(mnist_victims, arch, precode):
+    images, labels = mnist_victims[0][:8], mnist_victims[1][:8]
+    view = _updates(_model(arch, precode), images, labels, ClientSetting(4, 1))
+    names = select_parameters(view.model, "all" if precode is None else "before_precode")
+    problem = dict(names=names, iterations=1, lr=0.1, tv_weight=1e-2, restarts=1, init="randn", signed=True,
+                   boxed=True, lr_decay=False, precode_code="mean")
+    x = torch.randn(2, 4, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    targets = [view.gradients[n] for n in names]
+    rows = torch.arange(2)
+    row_labels = labels.view(2, 4)
+    from ppp.precode import code_mode
+
+    results = {}
+    with code_mode(view.model, "mean"):
+        for engine in ("loop", "per_layer", "vmap"):
+            objective = GradientMatching(view.model, row_labels, targets, GradientMatchingProblem(engine=engine, **problem), x)
+            losses, grads = objective.evaluate(x, rows, None)
+            results[engine] = (losses, grads)
+    for engine in ("per_layer", "vmap"):
+        assert torch.allclose(results[engine][0], results["loop"][0], rtol=1e-4, atol=1e-6), engine
+        assert torch.allclose(results[engine][1], results["loop"][1], rtol=1e-3, atol=1e-6), engine
+
+
+def test_inverting_gradients_reconstructs_four_image_updates_of_an_undefended_mlp(mnist_victims):
+    images, labels = mnist_victims[0][:8], mnist_victims[1][:8]
+    view = _updates(_model(width=256), images, labels, ClientSetting(4, 1))
+    result = build_attack("ig", iterations=300, tv_weight=1e-4)(view, seed=0)
+    assert result.images.shape == images.shape and result.engine == "per_layer"
+    ssim = _matched_ssim(images, result.images, 4)
+    assert ssim.median() > 0.5, ssim
+
+
+def test_fedavg_attack_simulates_the_local_steps(mnist_victims):
+    """With the local steps simulated, the attack matches a FedAvg update more closely than one that
+    matches it as a single gradient (the server not told the local hyper-parameters)."""
+    images, labels = mnist_victims[0][:4], mnist_victims[1][:4]
+    setting = ClientSetting(4, 3, 0.1)
+    view = _updates(_model(width=256), images, labels, setting)
+    told = build_attack("ig", iterations=200, tv_weight=1e-4)(view, seed=0)
+    assert told.engine == "loop"
+    blind_view = ServerView(view.model, view.gradients, view.labels, images_per_update=4)
+    blind = build_attack("ig", iterations=200, tv_weight=1e-4)(blind_view, seed=0)
+    assert _matched_ssim(images, told.images, 4).median() > 0.5
+    assert float(told.gradient_loss) < float(blind.gradient_loss)
+
+
+def test_analytic_span_holds_every_encoder_input_of_an_update(mnist_victims):
+    """For B images the encoder's gradient has rank B and its row space holds each [u_i, 1]."""
+    images, labels = mnist_victims[0][:8], mnist_victims[1][:8]
+    model = _model(precode=PrecodeSpec(bottleneck_size=16))
+    view = _updates(model, images, labels, ClientSetting(4, 1))
+    weight, bias = model.encoder_parameter_names()
+    stacked = torch.cat([view.gradients[weight], view.gradients[bias].unsqueeze(-1)], -1)
+    singular = torch.linalg.svdvals(stacked.double())
+    assert (singular[:, 4] < 1e-6 * singular[:, 0]).all() and (singular[:, 3] > 1e-4 * singular[:, 0]).all()
+    span = recover_feature_span(view.gradients[weight], view.gradients[bias], 4)
+    from ppp.attacks.analytic import features_before_precode
+
+    with torch.no_grad():
+        features = features_before_precode(model, images)
+    augmented = torch.cat([features, torch.ones(8, 1)], 1).view(2, 4, -1).double()
+    residual = augmented - torch.bmm(torch.bmm(augmented, span.double().transpose(1, 2)), span.double())
+    assert (residual.norm(dim=2) < 1e-3 * augmented.norm(dim=2)).all()
+
+
+def test_analytic_attack_on_updates_of_several_images_matches_the_span(mnist_victims):
+    images, labels = mnist_victims[0][:4], mnist_victims[1][:4]
+    model = _model(precode=PrecodeSpec(bottleneck_size=16), width=256)
+    view = _updates(model, images, labels, ClientSetting(4, 1))
+    result = build_attack("analytic", iterations=300, tv_weight=1e-2)(view, seed=0)
+    from ppp.attacks.analytic import SpanMatching, recover_feature_span
+
+    weight, bias = model.encoder_parameter_names()
+    objective = SpanMatching(model, recover_feature_span(view.gradients[weight], view.gradients[bias], 4), 0.0)
+    # matching_loss takes normalised images, as the optimiser holds them.
+    normalised = ((images - model.mean[0]) / model.std[0]).unsqueeze(0)
+    # The true images' span is the recovered one (loss ~0), and the attack gets close to it.
+    assert float(objective.matching_loss(normalised, torch.tensor([0]))) < 1e-4
+    assert float(result.gradient_loss) < 0.1  # from 0.83 at the start
+    assert result.images.shape == images.shape
+
+
+def test_one_image_one_step_gives_the_study_s_original_numbers(tmp_path):
+    """A cell pinned at the commit before client updates existed (fdddfed): capture and attack of one
+    image per update and one step are bit for bit what they were."""
+    meta = dict(dataset="mnist", channels=1, image_size=32, num_classes=10, mean=[0.1307], std=[0.3081])
+    write_json(tmp_path / "meta.json", meta)
+    stages.prepare_victims("mnist", "data/victims/mnist_128_cvb.npz", 32, 4, str(tmp_path / "victims.safetensors"))
+    spec = PrecodeSpec(bottleneck_size=16)
+    stages.init_model("mlp", "precode", str(tmp_path / "meta.json"), {"width": 64}, spec, 0,
+                      str(tmp_path / "init.safetensors"))
+    noise = {"distribution": "gaussian", "relative": False, "max_grad_norm": 1.0, "delta": 1e-5, "clipping": "auto"}
+    stages.capture_gradients("mlp", "ppp", 0.1, noise, "init", str(tmp_path / "init.safetensors"),
+                             str(tmp_path / "meta.json"), str(tmp_path / "victims.safetensors"), 4, {"width": 64},
+                             spec, 0, torch.device("cpu"), str(tmp_path / "grads.safetensors"))
+    grads = load_tensors(tmp_path / "grads.safetensors")
+    assert float(sum(v.double().sum() for k, v in grads.items() if k.startswith("grad/"))) == 59.95694788615082
+    pinned = {"ig_targeted": (941.6506468430161, [0.9467175006866455, 0.9381774067878723, 0.9332878589630127,
+                                                   0.9471222162246704]),
+              "latent": (869.243345849216, [0.8714264631271362, 0.8580005168914795, 0.8404626846313477,
+                                            0.839479386806488])}
+    for attack, (image_sum, losses) in pinned.items():
+        stages.run_attack("mlp", attack, {"iterations": 30, "tv_weight": 1e-4}, True, str(tmp_path / "init.safetensors"),
+                          str(tmp_path / "meta.json"), str(tmp_path / "grads.safetensors"), {"width": 64}, spec, 7,
+                          torch.device("cpu"), str(tmp_path / f"{attack}.safetensors"))
+        result = load_tensors(tmp_path / f"{attack}.safetensors")
+        assert float(result["images"].double().sum()) == image_sum, attack
+        assert [float(x) for x in result["gradient_loss"]] == losses, attack
