@@ -3,10 +3,13 @@ victim after another.
 
     ppp-bench --arch lenet --defense none --victims 16 --iterations 100 --device cpu
     ppp-bench --arch convnet --dataset cifar10 --victims 4 --iterations 50,100,200 --mode batched
+    ppp-bench --arch mlp --dataset cifar10 --victims 8 --images-per-update 4 --local-steps 2 --mode batched
 
 Uses real victim images (the authors' sets committed under data/victims), captures their defended
 gradients from a freshly initialised model, attacks them, and prints one JSON object per mode and budget
-(speed, and the PSNR/SSIM of the reconstructions). The model, the threat model and the attack settings are
+(speed, and the PSNR/SSIM of the reconstructions). With `--images-per-update B` (and `--local-steps S`) the
+victims form client updates of B images (S local SGD steps, FedAvg) as the workflow forms them; each update's
+reconstructions are matched to its images before PSNR/SSIM, and the speed is in image-iterations per second. The model, the threat model and the attack settings are
 those of the preset (`--config`, default config/config.yaml) for the architecture, unless a flag
 overrides them. Each mode runs in its own process, so its peak memory is its own.
 """
@@ -22,7 +25,7 @@ import time
 VICTIM_FILES = {"mnist": "mnist_128_cvb.npz", "cifar10": "cifar10_128_cvb.npz"}
 ARCHS = ("mlp", "lenet", "convnet", "resnet18")
 # Attack settings a command-line flag may override; the rest come from the preset.
-OVERRIDES = ("lr", "tv_weight", "restarts", "init", "precode_code", "keep_encoder", "precision")
+OVERRIDES = ("lr", "tv_weight", "restarts", "init", "precode_code", "keep_encoder", "precision", "labels")
 
 
 def preset_settings(config_path, arch: str, overrides: dict) -> dict:
@@ -66,14 +69,16 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
     import torch
 
     from ppp.attacks.engine import ServerView
+    from ppp.attacks.labels import label_accuracy
     from ppp.attacks.registry import ATTACKS, build_attack
+    from ppp.client import ClientSetting, client_update, form_updates
     from ppp.data import DATASETS, REPO_ROOT, load_victims
     from ppp.defenses import build_defense
     from ppp.gradients import select_parameters, set_model_mode, shared_gradient
     from ppp.metrics import image_metrics
     from ppp.models import PrecodeSpec, build_model
     from ppp.seeding import derive_seed, generator, seeded
-    from ppp.stages import peak_memory_mb, resolve_device
+    from ppp.stages import match_reconstructions, peak_memory_mb, resolve_device
 
     torch.set_num_threads(args["threads"])
     # A one-time cost of the process, not of the attack: torch.func (the vmap engine) imports
@@ -93,15 +98,30 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
                             precode, settings["model_options"]).to(device)
     set_model_mode(model, settings["model_mode"])
     groups = model.parameter_groups()
+    setting = ClientSetting(args["images_per_update"], args["local_steps"], args["local_lr"])
+    updates = form_updates(images.shape[0], setting.images)
+    images, labels = images[:len(updates) * setting.images], labels[:len(updates) * setting.images]
     per_victim = []
-    for i in range(images.shape[0]):
-        with seeded(derive_seed(args["seed"], "capture", i), device):
-            grads = shared_gradient(model, images[i:i + 1].to(device), labels[i:i + 1].to(device))
-        per_victim.append(defense(grads, groups, generator(derive_seed(args["seed"], "noise", i), device)))
+    for u, members in enumerate(updates):
+        with seeded(derive_seed(args["seed"], "capture", u), device):
+            batch, batch_labels = images[members].to(device), labels[members].to(device)
+            noise_gen = generator(derive_seed(args["seed"], "noise", u), device)
+            if setting.is_single_gradient:
+                grads = defense(shared_gradient(model, batch, batch_labels), groups, noise_gen)
+            else:
+                grads = client_update(model, batch, batch_labels, setting, defense, noise_gen)
+        per_victim.append(grads)
     gradients = {n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}
+    known = settings["attack"].get("labels", "known") == "known"
+
+    def view_of(rows):
+        return ServerView(model, {n: g[rows] for n, g in gradients.items()},
+                          labels.view(len(updates), -1)[rows].flatten() if known else None, settings["model_mode"],
+                          images_per_update=setting.images, local_steps=setting.local_steps,
+                          local_lr=setting.local_lr)
     selection = ATTACKS[args["attack"]].fixed.get("selection")
     flops = None  # counted for the gradient-matching attacks with a fixed selection
-    if selection is not None:
+    if selection is not None and setting.is_single_gradient:
         matched = select_parameters(model, selection, settings["attack"].get("keep_encoder", False))
         flops = flops_per_victim_iteration(model, matched, gradients, images[:1].to(device), labels[:1].to(device),
                                            settings["attack"].get("tv_weight", 0.0))
@@ -115,18 +135,21 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         if mode == "batched":
-            result = attack(ServerView(model, gradients, labels, settings["model_mode"]), seed=args["seed"])
-            reconstructions, engine = result.images, result.engine
+            result = attack(view_of(slice(None)), seed=args["seed"])
+            reconstructions, engine, used_labels = result.images, result.engine, result.labels
         else:
-            reconstructions = torch.cat([
-                attack(ServerView(model, {n: g[i:i + 1] for n, g in gradients.items()}, labels[i:i + 1],
-                                  settings["model_mode"]), seed=args["seed"], victim_ids=[i]).images
-                for i in range(images.shape[0])])
+            results = [attack(view_of(slice(u, u + 1)), seed=args["seed"], victim_ids=[u])
+                       for u in range(len(updates))]
+            reconstructions = torch.cat([r.images for r in results])
+            used_labels = torch.cat([r.labels for r in results])
             engine = "loop"
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        quality = [image_metrics(images[i], reconstructions[i]) for i in range(images.shape[0])]
+        quality = []
+        for members in updates:
+            order = match_reconstructions(images[members], reconstructions[members])
+            quality += [image_metrics(images[i], reconstructions[members[order[k]]]) for k, i in enumerate(members)]
         n = images.shape[0]
         psnr = torch.tensor([q["psnr"] for q in quality])
         ssim = torch.tensor([q["ssim"] for q in quality])
@@ -138,8 +161,14 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             tv_weight=settings["attack"].get("tv_weight"), lr=settings["attack"].get("lr"),
             restarts=settings["attack"].get("restarts"), precode_code=settings["attack"].get("precode_code"),
             keep_encoder=settings["attack"].get("keep_encoder"), precision=settings["attack"].get("precision", "float32"),
+            images_per_update=setting.images, local_steps=setting.local_steps,
+            local_lr=setting.local_lr if setting.local_steps > 1 else None, updates=len(updates),
+            labels="known" if known else "inferred",
+            label_accuracy=None if known or bool((used_labels < 0).any())
+            else round(float(label_accuracy(used_labels, labels, setting.images).mean()), 4),
             device=str(device), threads=args["threads"], seconds=round(seconds, 3),
             victim_iterations_per_second=round(n * iterations / seconds, 2),
+            image_iterations_per_second=round(n * iterations / seconds, 2),
             gflop_per_victim_iteration=round(flops / 1e9, 4) if flops else None,
             achieved_gflops=round(flops * n * iterations / seconds / 1e9, 2) if flops else None,
             peak_memory_mb=round(peak_memory_mb(device), 1),
@@ -161,10 +190,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="lenet", choices=ARCHS)
     parser.add_argument("--dataset", default="mnist", choices=sorted(VICTIM_FILES))
-    parser.add_argument("--defense", default="none", choices=["none", "noise", "precode", "ppp"])
+    parser.add_argument("--defense", default="none",
+                        choices=["none", "noise", "precode", "ppp", "ppp_encoder", "ppp_no_decoder", "dpsgd"])
     parser.add_argument("--sigma", type=float, default=0.0, help="noise scale for noise and ppp")
     parser.add_argument("--attack", default="ig", choices=["ig", "ig_targeted", "latent", "analytic"])
-    parser.add_argument("--victims", type=int, default=16)
+    parser.add_argument("--victims", type=int, default=16, help="victim images (whole updates of them are used)")
+    parser.add_argument("--images-per-update", type=int, default=1, help="images in one client update")
+    parser.add_argument("--local-steps", type=int, default=1, help="local SGD steps per update (FedAvg > 1)")
+    parser.add_argument("--local-lr", type=float, default=0.01, help="the client's local learning rate")
+    parser.add_argument("--labels", default=None, choices=["known", "inferred"], help="override the preset's")
     parser.add_argument("--iterations", type=_int_list, default=None,
                         help="attack iterations; a comma list (50,100,200) runs one attack per budget "
                              "(default: the preset's for the architecture)")
