@@ -75,14 +75,19 @@ def check_victim_files(config: dict[str, Any], base: str | Path = ".") -> None:
 
 def max_victims(config: dict[str, Any]) -> int:
     """Victims prepared per dataset: the most any architecture attacks."""
-    return max(victims_per_cell(config, arch) for arch in config["archs"])
+    return max(max([victims_per_cell(config, arch)]
+                   + [client_victims(config, arch, s.name) for s in client_settings(config, arch)])
+               for arch in config["archs"])
 
 
 def check_client_settings(config: dict[str, Any]) -> None:
     """Every swept update fits the architecture's victims (at least one whole update)."""
     for arch in config["archs"]:
-        victims = victims_per_cell(config, arch)
+        names = [setting.name for setting in client_settings(config, arch)]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"config key 'client.updates': a setting is listed twice for {arch} ({names})")
         for setting in client_settings(config, arch):
+            victims = client_victims(config, arch, setting.name)
             if setting.images > victims:
                 raise ConfigError(f"config key 'client.updates': an update of {setting.images} images needs at "
                                   f"least {setting.images} victims per cell; {arch} attacks {victims} "
@@ -177,9 +182,23 @@ def client_settings(config: dict, arch: str) -> list:
 
     client = config.get("client", {})
     own = client.get("per_arch", {}).get(arch, {})
-    updates = own.get("updates", client.get("updates", [{"images": 1, "local_steps": 1}]))
+    updates = _client_updates(config, arch)
     local_lr = float(own.get("local_lr", client.get("local_lr", 0.01)))
     return [ClientSetting(int(u.get("images", 1)), int(u.get("local_steps", 1)), local_lr) for u in updates]
+
+
+def _client_updates(config: dict, arch: str) -> list[dict]:
+    client = config.get("client", {})
+    return client.get("per_arch", {}).get(arch, {}).get("updates", client.get("updates", [{"images": 1}]))
+
+
+def client_victims(config: dict, arch: str, name: str) -> int:
+    """Victims attacked per cell at one client setting: the update's own `victims`, else the
+    architecture's (attack.*.victims); whole updates of them are used."""
+    for update in _client_updates(config, arch):
+        if f"b{int(update.get('images', 1))}s{int(update.get('local_steps', 1))}" == name:
+            return int(update.get("victims", victims_per_cell(config, arch)))
+    raise ValueError(f"client setting {name!r} is not swept for {arch}")
 
 
 def client_setting(config: dict, arch: str, name: str):

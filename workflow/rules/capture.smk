@@ -18,7 +18,7 @@ rule capture:
         model_options=lambda w: config["models"].get(w.arch, {}),
         precode=precode_params(),
         model_mode=lambda w: model_mode(config, w.arch),
-        num_victims=lambda w: victims_per_cell(config, w.arch),
+        num_victims=lambda w: client_victims(config, w.arch, w.client),
         noise=noise_options(config),
         local_lr=lambda w: client_setting(config, w.arch, w.client).local_lr,
         seed=config["seed"],

@@ -4,6 +4,7 @@ import os
 from ppp.config import (
     attack_options,
     client_setting,
+    client_victims,
     client_settings,
     server_knows,
     defense_applies,
@@ -71,7 +72,9 @@ def attack_cells():
                 for defense, sigma in defense_cells(arch):
                     for state in config["model_states"]:
                         for attack in config["attacks"]:
-                            if attack_needs_precode(attack) and not needs_precode(defense):
+                            if attack_needs_precode(attack) and not needs_precode(
+                                defense
+                            ):
                                 continue  # the targeted attack is defined by PRECODE's position
                             yield dict(
                                 dataset=dataset,
