@@ -248,3 +248,19 @@ def test_one_image_one_step_gives_the_study_s_original_numbers(tmp_path):
         result = load_tensors(tmp_path / f"{attack}.safetensors")
         assert float(result["images"].double().sum()) == image_sum, attack
         assert [float(x) for x in result["gradient_loss"]] == losses, attack
+
+
+def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
+    import yaml
+
+    from ppp.config import ConfigError, client_settings, client_victims, validate_config
+
+    config = yaml.safe_load(open("config/test.yaml"))
+    config["client"]["updates"] = [{"images": 4}]
+    with pytest.raises(ConfigError, match="config key 'client.updates': an update of 4 images needs at least 4"):
+        validate_config(config)
+    config = yaml.safe_load(open("config/config.yaml"))
+    validate_config(config)
+    assert [s.name for s in client_settings(config, "mlp")] == ["b1s1", "b4s1", "b8s1", "b4s2"]
+    assert [s.name for s in client_settings(config, "lenet")] == ["b1s1", "b4s1", "b4s2"]
+    assert client_victims(config, "lenet", "b4s2") == 4 and client_victims(config, "lenet", "b4s1") == 8

@@ -153,21 +153,21 @@ class AnalyticEncoderInversion(RowOptimisation):
         if self.feature_loss not in FEATURE_LOSSES:
             raise ValueError(f"attack feature_loss must be one of {', '.join(FEATURE_LOSSES)}, got {self.feature_loss!r}")
 
-    def recover_features(self, view: ServerView) -> torch.Tensor:
+    @staticmethod
+    def encoder_gradients(view: ServerView) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared gradients of PRECODE's encoder: weight (rows, out, in) and bias (rows, out)."""
         names = view.model.encoder_parameter_names()
         if not names:
             raise ValueError("the analytic attack needs a PRECODE model (it inverts PRECODE's encoder)")
         weight = next(n for n in names if n.endswith("weight"))
         bias = next(n for n in names if n.endswith("bias"))
-        return recover_linear_input(view.gradients[weight], view.gradients[bias])
+        return view.gradients[weight], view.gradients[bias]
+
+    def recover_features(self, view: ServerView) -> torch.Tensor:
+        return recover_linear_input(*self.encoder_gradients(view))
 
     def recover_span(self, view: ServerView) -> torch.Tensor:
-        names = view.model.encoder_parameter_names()
-        if not names:
-            raise ValueError("the analytic attack needs a PRECODE model (it inverts PRECODE's encoder)")
-        weight = next(n for n in names if n.endswith("weight"))
-        bias = next(n for n in names if n.endswith("bias"))
-        return recover_feature_span(view.gradients[weight], view.gradients[bias], view.images_per_update)
+        return recover_feature_span(*self.encoder_gradients(view), view.images_per_update)
 
     def __call__(self, view: ServerView, seed: int,
                  progress: Callable[[int, torch.Tensor], None] | None = None,
