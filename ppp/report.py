@@ -226,6 +226,7 @@ def batch_size_plot(summary: pd.DataFrame, path: str | Path) -> None:
             cell = strongest[(strongest.dataset == dataset) & (strongest.arch == arch)]
             lines = sorted(cell.groupby(["defense", "noise_scale"]).groups,
                            key=lambda k: (order.get(k[0], len(order)), k[1]))
+            ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # more lines than the default 10 colours
             for defense, sigma in lines:
                 rows = cell[(cell.defense == defense) & (cell.noise_scale == sigma)].sort_values(CLIENT)
                 label = defense + (f" {sigma:g}" if sigma else "")
