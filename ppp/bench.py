@@ -74,7 +74,7 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
     from ppp.client import ClientSetting, client_update, form_updates
     from ppp.data import DATASETS, REPO_ROOT, load_victims
     from ppp.defenses import build_defense
-    from ppp.gradients import select_parameters, set_model_mode, shared_gradient
+    from ppp.gradients import select_parameters, set_model_mode
     from ppp.metrics import image_metrics
     from ppp.models import PrecodeSpec, build_model
     from ppp.seeding import derive_seed, generator, seeded
@@ -97,20 +97,14 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
         model = build_model(args["arch"], images.shape[1:], facts["num_classes"], facts["mean"], facts["std"],
                             precode, settings["model_options"]).to(device)
     set_model_mode(model, settings["model_mode"])
-    groups = model.parameter_groups()
     setting = ClientSetting(args["images_per_update"], args["local_steps"], args["local_lr"])
     updates = form_updates(images.shape[0], setting.images)
     images, labels = images[:len(updates) * setting.images], labels[:len(updates) * setting.images]
     per_victim = []
     for u, members in enumerate(updates):
         with seeded(derive_seed(args["seed"], "capture", u), device):
-            batch, batch_labels = images[members].to(device), labels[members].to(device)
-            noise_gen = generator(derive_seed(args["seed"], "noise", u), device)
-            if setting.is_single_gradient:
-                grads = defense(shared_gradient(model, batch, batch_labels), groups, noise_gen)
-            else:
-                grads = client_update(model, batch, batch_labels, setting, defense, noise_gen)
-        per_victim.append(grads)
+            per_victim.append(client_update(model, images[members].to(device), labels[members].to(device), setting,
+                                            defense, generator(derive_seed(args["seed"], "noise", u), device)))
     gradients = {n: torch.stack([g[n] for g in per_victim]) for n in per_victim[0]}
     known = settings["attack"].get("labels", "known") == "known"
 

@@ -26,7 +26,7 @@ import torch
 from torch.func import functional_call
 
 from ppp.defenses import DPSGD, Defense
-from ppp.gradients import shared_gradient, training_loss
+from ppp.gradients import shared_gradient
 from ppp.models import StagedNet
 
 SETTING_PATTERN = re.compile(r"^b(\d+)s(\d+)$")
@@ -155,7 +155,8 @@ def _functional_loss(model: StagedNet, weights: dict[str, torch.Tensor], pixels:
 def functional_update(model: StagedNet, weights: dict[str, torch.Tensor], pixels: torch.Tensor,
                       labels: torch.Tensor, names: list[str], local_steps: int,
                       local_lr: float) -> dict[str, torch.Tensor]:
-    """`simulated_update` in torch.func's functional form (for vmap): `weights` are all parameters."""
+    """`simulated_local_training` in torch.func's functional form (for vmap): the FedAvg pseudo-gradient
+    after `local_steps` steps from `weights` (all parameters), keyed by `names`."""
     from torch.func import grad
 
     def loss_of(current):

@@ -195,8 +195,8 @@ def _client_updates(config: dict, arch: str) -> list[dict]:
 def client_victims(config: dict, arch: str, name: str) -> int:
     """Victims attacked per cell at one client setting: the update's own `victims`, else the
     architecture's (attack.*.victims); whole updates of them are used."""
-    for update in _client_updates(config, arch):
-        if f"b{int(update.get('images', 1))}s{int(update.get('local_steps', 1))}" == name:
+    for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
+        if setting.name == name:
             return int(update.get("victims", victims_per_cell(config, arch)))
     raise ValueError(f"client setting {name!r} is not swept for {arch}")
 

@@ -20,7 +20,7 @@ from ppp.attacks.labels import label_accuracy
 from ppp.attacks.registry import attack_needs_precode
 from ppp.client import ClientSetting, client_update, dpsgd_epsilon, form_updates
 from ppp.defenses import build_defense
-from ppp.gradients import set_model_mode, shared_gradient
+from ppp.gradients import set_model_mode
 from ppp.io import ArtifactError, load_tensors, read_json, save_tensors, sha256, write_json
 from ppp.metrics import image_metrics
 from ppp.models import PrecodeSpec, StagedNet, build_model
@@ -164,7 +164,6 @@ def capture_gradients(arch: str, defense_name: str, noise_scale: float, noise: d
     defense = build_defense(defense_name, noise_scale, **noise)
     model = load_model(model_path, arch, meta, model_options, precode if defense.needs_precode else None)
     set_model_mode(model.to(device), model_mode)
-    groups = model.parameter_groups()
     victims = load_tensors(victims_path, required=("images", "labels"))
     images, labels = victims["images"][:num_victims], victims["labels"][:num_victims]
     if images.shape[0] < num_victims:
@@ -178,14 +177,8 @@ def capture_gradients(arch: str, defense_name: str, noise_scale: float, noise: d
             update_seed = derive_seed(seed, "capture", meta["dataset"], arch, defense_name, noise_scale, state,
                                       setting.name, u)
         with seeded(update_seed, device):
-            batch_images, batch_labels = images[members].to(device), labels[members].to(device)
-            if setting.is_single_gradient:
-                grads = defense(shared_gradient(model, batch_images, batch_labels), groups,
-                                generator(update_seed, device))
-            else:
-                grads = client_update(model, batch_images, batch_labels, setting, defense,
-                                      generator(update_seed, device))
-        per_update.append(grads)
+            per_update.append(client_update(model, images[members].to(device), labels[members].to(device),
+                                            setting, defense, generator(update_seed, device)))
     stacked = {GRAD_PREFIX + n: torch.stack([g[n] for g in per_update]) for n in per_update[0]}
     used = sum(updates, [])
     stacked["labels"] = labels[used].clone()

@@ -119,15 +119,21 @@ def _correlation(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.Tensor) ->
     return correlation.reshape(channels, rows, out_channels, *kernel)
 
 
-def _grouped_weight_gradient(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def _grouped_weight_gradient(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.Tensor,
+                             group: int = 1) -> torch.Tensor:
     """Each row's weight gradient, (rows, out, in, kh, kw), as the weight gradient of one convolution
     with the rows as groups (torch's own kernel; its backward is a grouped convolution and a grouped
-    transposed convolution)."""
-    rows, channels = inputs.shape[:2]
-    out_channels = delta.shape[1]
+    transposed convolution). With `group` > 1 a row is an update of `group` consecutive images, passed
+    as the convolution's batch, whose weight gradient is the sum over them."""
+    channels, out_channels = inputs.shape[1], delta.shape[1]
+    rows = inputs.shape[0] // group
+
+    def as_batch(t: torch.Tensor) -> torch.Tensor:  # (rows * group, C, ...) -> (group, rows * C, ...)
+        return t.reshape(rows, group, *t.shape[1:]).transpose(0, 1).reshape(group, rows * t.shape[1], *t.shape[2:])
+
     grouped_shape = (rows * out_channels, channels, *layer.kernel_size)
     _, gradient, _ = torch.ops.aten.convolution_backward(
-        delta.reshape(1, rows * out_channels, *delta.shape[2:]), inputs.reshape(1, rows * channels, *inputs.shape[2:]),
+        as_batch(delta), as_batch(inputs),
         inputs.new_zeros(grouped_shape),  # only its shape is read for a weight gradient
         None, layer.stride, layer.padding, layer.dilation, False, (0, 0), rows, (False, True, False))
     return gradient.reshape(rows, out_channels, channels, *layer.kernel_size)
@@ -165,27 +171,39 @@ def conv2d_weight_terms(layer: nn.Conv2d, inputs: torch.Tensor, delta: torch.Ten
     return (gradient * target.permute(2, 0, 1, 3, 4)).sum(other_axes), gradient.pow(2).sum(other_axes)
 
 
-@layer_rule(nn.GroupNorm, channel_axis=1)
-def group_norm_weight_terms(layer: nn.GroupNorm, inputs: torch.Tensor, delta: torch.Tensor,
-                            target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    normalised = F.group_norm(inputs, layer.num_groups, eps=layer.eps)
-    return _dot_and_square((delta * normalised).flatten(2).sum(2), target)
-
-
 def _uses_own_statistics(layer: nn.Module) -> bool:
     """BatchNorm that normalises with the batch's statistics: training mode, or no running statistics."""
     return isinstance(layer, nn.modules.batchnorm._BatchNorm) and (layer.training or layer.running_mean is None)
 
 
+def _normalised_input(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """A normalisation layer's input before its affine map: GroupNorm's groups; BatchNorm's running
+    statistics, or in training mode one image per row (instance normalisation; unsupported_reason
+    refuses BatchNorm1d/3d there)."""
+    if isinstance(layer, nn.GroupNorm):
+        return F.group_norm(inputs, layer.num_groups, eps=layer.eps)
+    if _uses_own_statistics(layer):
+        return F.instance_norm(inputs, eps=layer.eps)
+    shape = (1, -1) + (1,) * (inputs.dim() - 2)
+    return (inputs - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
+
+
+def _affine_weight_gradient(layer: nn.Module, inputs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Each image's gradient of a normalisation layer's weight: delta times the normalised input, summed
+    over positions, (images, channels)."""
+    return (delta * _normalised_input(layer, inputs)).flatten(2).sum(2)
+
+
+@layer_rule(nn.GroupNorm, channel_axis=1)
+def group_norm_weight_terms(layer: nn.GroupNorm, inputs: torch.Tensor, delta: torch.Tensor,
+                            target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _dot_and_square(_affine_weight_gradient(layer, inputs, delta), target)
+
+
 @layer_rule(nn.modules.batchnorm._BatchNorm, channel_axis=1)
 def batch_norm_weight_terms(layer: nn.modules.batchnorm._BatchNorm, inputs: torch.Tensor,
                             delta: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if _uses_own_statistics(layer):  # BatchNorm2d on one image per row (unsupported_reason refuses 1d/3d)
-        normalised = F.instance_norm(inputs, eps=layer.eps)
-    else:  # the running statistics, per channel
-        shape = (1, -1) + (1,) * (inputs.dim() - 2)
-        normalised = (inputs - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
-    return _dot_and_square((delta * normalised).flatten(2).sum(2), target)
+    return _dot_and_square(_affine_weight_gradient(layer, inputs, delta), target)
 
 
 def grouped_weight_gradient(layer: nn.Module, inputs: torch.Tensor, delta: torch.Tensor,
@@ -194,27 +212,14 @@ def grouped_weight_gradient(layer: nn.Module, inputs: torch.Tensor, delta: torch
     images, which come consecutively in `inputs` and `delta` (rows * group first)."""
     rows = inputs.shape[0] // group
     if isinstance(layer, nn.Conv2d):
-        # The update's images as the batch and the updates as groups: torch's weight gradient sums the batch.
-        def as_batch(t):
-            return t.reshape(rows, group, *t.shape[1:]).transpose(0, 1).reshape(group, rows * t.shape[1], *t.shape[2:])
-        out_channels = delta.shape[1]
-        grouped_shape = (rows * out_channels, inputs.shape[1], *layer.kernel_size)
-        _, gradient, _ = torch.ops.aten.convolution_backward(
-            as_batch(delta), as_batch(inputs), inputs.new_zeros(grouped_shape), None, layer.stride, layer.padding,
-            layer.dilation, False, (0, 0), rows, (False, True, False))
-        return gradient.reshape(rows, out_channels, *gradient.shape[1:])
-    if isinstance(layer, nn.Linear):
+        return _grouped_weight_gradient(layer, inputs, delta, group)
+    if isinstance(layer, nn.Linear):  # an update's positions and images together
         u = inputs.reshape(rows, -1, inputs.shape[-1])
         d = delta.reshape(rows, -1, delta.shape[-1])
         return torch.bmm(d.transpose(1, 2), u)
-    if isinstance(layer, nn.GroupNorm):
-        normalised = F.group_norm(inputs, layer.num_groups, eps=layer.eps)
-    elif isinstance(layer, nn.modules.batchnorm._BatchNorm) and not _uses_own_statistics(layer):
-        shape = (1, -1) + (1,) * (inputs.dim() - 2)
-        normalised = (inputs - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
-    else:
-        raise ValueError(f"no grouped per-layer rule for {type(layer).__name__}")
-    return (delta * normalised).flatten(2).sum(2).reshape(rows, group, -1).sum(1)
+    if isinstance(layer, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) and not _uses_own_statistics(layer):
+        return _affine_weight_gradient(layer, inputs, delta).reshape(rows, group, -1).sum(1)
+    raise ValueError(f"no grouped per-layer rule for {type(layer).__name__}")
 
 
 def grouped_layer_terms(rule: LayerRule, layer: nn.Module, inputs: torch.Tensor, delta: torch.Tensor,
