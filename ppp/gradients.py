@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from ppp.models import AFTER, BEFORE, PRECODE, StagedNet
@@ -57,3 +60,20 @@ def select_parameters(model: StagedNet, selection: str, keep_encoder: bool = Fal
     if not names:
         raise ValueError(f"selection {selection!r} leaves no gradients to match for this model")
     return names
+
+
+@contextlib.contextmanager
+def no_running_stats(model: nn.Module):
+    """Inside the block, training-mode BatchNorm does not update its running statistics: it normalises
+    with the batch's own statistics either way, so no output changes, and the attacked model is left as
+    it was (the write is also one vmap refuses). In evaluation mode nothing is written and nothing
+    changes."""
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True

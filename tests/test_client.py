@@ -264,3 +264,16 @@ def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
     assert [s.name for s in client_settings(config, "mlp")] == ["b1s1", "b4s1", "b8s1", "b4s2"]
     assert [s.name for s in client_settings(config, "lenet")] == ["b1s1", "b4s1", "b4s2"]
     assert client_victims(config, "lenet", "b4s2") == 4 and client_victims(config, "lenet", "b4s1") == 8
+
+
+def test_label_inference_leaves_batchnorm_running_statistics_untouched(cifar_victims):
+    """The llg strategy runs the server's own forward pass; on a BatchNorm model in training mode it
+    must not move the attacked model's running statistics."""
+    images, labels = cifar_victims[0][:4], cifar_victims[1][:4]
+    with seeded(0):
+        model = build_model("convnet", (3, 32, 32), 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), None,
+                            {"width": 8}).train()
+    grads = shared_gradient(model, images, labels)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    infer_update_labels(model, {n: g.unsqueeze(0) for n, g in grads.items()}, 4, "llg")
+    assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
+from ppp.attacks.labels import LABEL_STRATEGIES, infer_update_labels
 from ppp.attacks.objectives import cosine_distance, total_variation, total_variation_rows
 from ppp.attacks.per_layer import PerLayerObjective, row_selector, unsupported_reason
 from ppp.client import functional_update, simulated_update
-from ppp.gradients import set_model_mode
+from ppp.gradients import no_running_stats, set_model_mode
 from ppp.models import StagedNet
 from ppp.optim import Adam, multistep_lr
 from ppp.precode import code_mode, given_noise
@@ -79,8 +79,6 @@ class AttackResult:
 def infer_labels(model: StagedNet, gradients: dict[str, torch.Tensor], images_per_update: int = 1,
                  strategy: str = "auto") -> torch.Tensor:
     """The labels of every update's images, flat (ppp.attacks.labels)."""
-    from ppp.attacks.labels import infer_update_labels
-
     return infer_update_labels(model, gradients, images_per_update, strategy)
 
 
@@ -185,7 +183,7 @@ class RowObjective:
             return cosine_distance([g[n] for n in names], targets) + self.tv_weight * row_total_variation(x_row)
 
         batched = vmap(grad_and_value(row_loss), randomness="different", chunk_size=chunk_rows)
-        with _no_running_stats(model), torch.no_grad():
+        with no_running_stats(model), torch.no_grad():
             select = row_selector(rows)
             grads, losses = batched(x[rows].detach(), self.labels[select], [t[select] for t in self.targets])
         return losses, grads
@@ -247,22 +245,6 @@ def rows_per_chunk(objective: RowObjective, x: torch.Tensor, memory_budget_mb: f
     return chosen
 
 
-@contextlib.contextmanager
-def _no_running_stats(model: nn.Module):
-    """Training-mode BatchNorm normalises with the image's own statistics either way; switching off the
-    running-statistics update (an in-place write vmap refuses) changes no output. In evaluation mode
-    nothing is written and nothing changes."""
-    norms = [m for m in model.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
-    for m in norms:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in norms:
-            m.track_running_stats = True
-
-
 @dataclass
 class RowOptimisation:
     """The options every attack's optimisation shares (Inverting Gradients' defaults): iterations,
@@ -287,8 +269,6 @@ class RowOptimisation:
             raise ValueError(f"attack precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.labels not in ("known", "inferred"):
             raise ValueError(f"attack labels must be 'known' or 'inferred', got {self.labels!r}")
-        from ppp.attacks.labels import LABEL_STRATEGIES
-
         if self.label_strategy not in ("auto", *LABEL_STRATEGIES):
             raise ValueError(f"attack label_strategy must be auto or one of {', '.join(LABEL_STRATEGIES)}, "
                              f"got {self.label_strategy!r}")

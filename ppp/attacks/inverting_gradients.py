@@ -13,7 +13,7 @@ import torch
 
 from ppp.attacks.engine import (ENGINES, AttackResult, GradientMatchingProblem, RowOptimisation, ServerView,
                                infer_labels, optimise)
-from ppp.gradients import select_parameters
+from ppp.gradients import select_parameters, set_model_mode
 from ppp.precode import CODE_MODES
 
 
@@ -50,6 +50,7 @@ class InvertingGradients(RowOptimisation):
                 raise ValueError("attack labels: 'known' but the server view has no labels")
             labels = view.labels
         else:
+            set_model_mode(view.model, view.model_mode)  # the server's passes run in the protocol's mode
             labels = infer_labels(view.model, view.gradients, view.images_per_update, self.label_strategy)
         problem = GradientMatchingProblem(
             names=select_parameters(view.model, self.selection, self.keep_encoder),

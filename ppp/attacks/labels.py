@@ -24,8 +24,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ppp.gradients import no_running_stats
 from ppp.models import StagedNet
 from ppp.precode import code_mode
+from ppp.seeding import generator
 
 LabelStrategy = Callable[[StagedNet, dict, int], torch.Tensor]
 LABEL_STRATEGIES: dict[str, LabelStrategy] = {}
@@ -65,15 +67,15 @@ def yin(model: StagedNet, gradients: dict, images_per_update: int) -> torch.Tens
 
 def _dummy_statistics(model: StagedNet) -> tuple[torch.Tensor, torch.Tensor]:
     """The server's mean softmax over classes and mean feature mass entering the classifier, from a
-    forward pass on seeded uniform random images (the model's mode as set; PRECODE at its mean code)."""
+    forward pass on seeded uniform random images (the model's mode as set; PRECODE at its mean code;
+    BatchNorm's running statistics left untouched)."""
     _, classifier = _classifier(model)
     seen = {}
     handle = classifier.register_forward_hook(lambda module, inputs, output: seen.update(features=inputs[0]))
     device = model.mean.device
-    gen = torch.Generator().manual_seed(0)
-    pixels = torch.rand((DUMMY_IMAGES, *model.in_shape), generator=gen).to(device)
+    pixels = torch.rand((DUMMY_IMAGES, *model.in_shape), generator=generator(0)).to(device)
     try:
-        with torch.no_grad(), code_mode(model, "mean"):
+        with torch.no_grad(), code_mode(model, "mean"), no_running_stats(model):
             probabilities = model(pixels).softmax(dim=1)
     finally:
         handle.remove()
