@@ -86,7 +86,11 @@ def check_client_settings(config: dict[str, Any]) -> None:
         names = [setting.name for setting in client_settings(config, arch)]
         if len(set(names)) != len(names):
             raise ConfigError(f"config key 'client.updates': a setting is listed twice for {arch} ({names})")
-        for setting in client_settings(config, arch):
+        for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
+            unknown = sorted(set(update.get("defenses", [])) - set(config["defenses"]))
+            if unknown:
+                raise ConfigError(f"config key 'client.updates': setting {setting.name} of {arch} lists defences "
+                                  f"{unknown} that are not in 'defenses' ({config['defenses']})")
             victims = client_victims(config, arch, setting.name)
             if setting.images > victims:
                 raise ConfigError(f"config key 'client.updates': an update of {setting.images} images needs at "
@@ -198,6 +202,14 @@ def client_victims(config: dict, arch: str, name: str) -> int:
     for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
         if setting.name == name:
             return int(update.get("victims", victims_per_cell(config, arch)))
+    raise ValueError(f"client setting {name!r} is not swept for {arch}")
+
+
+def client_defenses(config: dict, arch: str, name: str) -> list[str]:
+    """The defences swept at one client setting: the update's own `defenses`, else every defence."""
+    for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
+        if setting.name == name:
+            return [d for d in config["defenses"] if d in update.get("defenses", config["defenses"])]
     raise ValueError(f"client setting {name!r} is not swept for {arch}")
 
 

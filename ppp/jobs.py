@@ -50,26 +50,36 @@ def configure(threads: int, log_path: str | None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@contextlib.contextmanager
-def job(smk, params: dict | None = None) -> Iterator[JobRecord]:
-    """Set up a job from the snakemake object and yield its run record (mirrored to MLflow when the
-    workflow ends; nothing is recorded when tracking is off)."""
-    configure(smk.threads, smk.log[0] if len(smk.log) else None)
-    wildcards = {k: v for k, v in smk.wildcards.items()}
-    enabled = smk.config.get("mlflow", {}).get("enabled", True)
-    tags = {"rule": smk.rule, **{f"wildcard.{k}": v for k, v in wildcards.items()}}
-    run_name = "/".join([smk.rule] + [str(v) for v in wildcards.values()])
+def _common_params(smk) -> dict:
     # What makes runs comparable across invocations: the seed and device the job ran with, and the
     # libraries' versions (the git commit and user are set by the mirror, once per invocation).
-    common = {"seed": smk.config.get("seed"), "device": smk.config.get("device"),
-              **{f"version.{k}": v for k, v in library_versions().items()}}
+    return {"seed": smk.config.get("seed"), "device": smk.config.get("device"),
+            **{f"version.{k}": v for k, v in library_versions().items()}}
+
+
+def _records_dir(smk) -> str | None:
+    return RECORDS_DIR if smk.config.get("mlflow", {}).get("enabled", True) else None
+
+
+@contextlib.contextmanager
+def job(smk, params: dict | None = None, record: bool = True) -> Iterator[JobRecord | None]:
+    """Set up a job from the snakemake object and yield its run record (mirrored to MLflow; nothing is
+    recorded when tracking is off). With `record=False` the job records its cells itself (cell_record)
+    and None is yielded."""
+    configure(smk.threads, smk.log[0] if len(smk.log) else None)
+    wildcards = {k: v for k, v in smk.wildcards.items()}
+    run_name = "/".join([smk.rule] + [str(v) for v in wildcards.values()])
     failure = os.path.join(FAILURES_DIR, run_name.replace("/", "__") + ".txt")
     with contextlib.suppress(OSError):
         os.remove(failure)
     try:
-        with JobRecord(RECORDS_DIR if enabled else None, run_name, tags,
-                       {**common, **wildcards, **(params or {})}) as run:
-            yield run
+        if not record:
+            yield None
+        else:
+            tags = {"rule": smk.rule, **{f"wildcard.{k}": v for k, v in wildcards.items()}}
+            with JobRecord(_records_dir(smk), run_name, tags,
+                           {**_common_params(smk), **wildcards, **(params or {})}) as run:
+                yield run
     except Exception as err:
         logging.getLogger("ppp.jobs").exception("job failed")
         with contextlib.suppress(OSError):
@@ -77,6 +87,14 @@ def job(smk, params: dict | None = None) -> Iterator[JobRecord]:
             with open(failure, "w") as handle:
                 handle.write(failure_line(smk.rule, wildcards, err) + "\n")
         raise
+
+
+def cell_record(smk, stage: str, wildcards: dict, params: dict | None = None) -> JobRecord:
+    """The run record of one cell of a job that computes several (capture, attack): named and tagged as
+    if the cell were its own job of rule `stage`, with the Snakemake rule that ran it as a tag."""
+    run_name = "/".join([stage] + [str(v) for v in wildcards.values()])
+    tags = {"rule": stage, "snakemake_rule": smk.rule, **{f"wildcard.{k}": v for k, v in wildcards.items()}}
+    return JobRecord(_records_dir(smk), run_name, tags, {**_common_params(smk), **wildcards, **(params or {})})
 
 
 def failures_since(started: float) -> list[str]:

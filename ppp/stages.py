@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -193,44 +193,112 @@ def capture_gradients(arch: str, defense_name: str, noise_scale: float, noise: d
 
 # --- server: the attack -----------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class AttackCell:
+    """One cell an attack job reconstructs: its shared updates, the weights they were computed with, the
+    cell's seed and its output file."""
+
+    gradients_path: str
+    model_path: str
+    has_precode: bool
+    seed: int
+    out: str
+
+
 def run_attack(arch: str, attack_name: str, attack_options: dict, has_precode: bool, model_path: str,
                meta_path: str, gradients_path: str, model_options: dict, precode: PrecodeSpec, seed: int,
                device: torch.device, out: str,
                progress: Callable[[int, torch.Tensor], None] | None = None, model_mode: str = "eval",
                setting: ClientSetting | None = None, server_knows_local_hyperparameters: bool = True) -> dict:
-    """Reconstruct every update's images from the shared updates. The server knows the number of images
-    per update; the local steps and learning rate only where `server_knows_local_hyperparameters`
-    (otherwise it simulates one step: it matches the update as a gradient)."""
+    """Reconstruct every update's images of one cell (run_attack_cells with one cell)."""
+    cell = AttackCell(gradients_path, model_path, has_precode, seed, out)
+    return run_attack_cells(arch, attack_name, attack_options, [cell], meta_path, model_options, precode, device,
+                            progress=None if progress is None else lambda step, losses: progress(step, losses[0]),
+                            model_mode=model_mode, setting=setting,
+                            server_knows_local_hyperparameters=server_knows_local_hyperparameters)[0]
+
+
+def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: list[AttackCell], meta_path: str,
+                     model_options: dict, precode: PrecodeSpec, device: torch.device,
+                     progress: Callable[[int, list[torch.Tensor]], None] | None = None, model_mode: str = "eval",
+                     setting: ClientSetting | None = None,
+                     server_knows_local_hyperparameters: bool = True) -> list[dict]:
+    """Reconstruct every update's images of each cell, writing each cell's own file.
+
+    Cells whose updates were computed with the same weights (the same file, with or without PRECODE) are
+    attacked in one optimisation: their updates are rows of one engine pass, each started from its own
+    cell's seed, so a cell gets what it gets alone up to floating-point summation order, and the machine
+    works on more rows per pass (benchmarks/README.md, "Where the minutes go"). The server knows the
+    number of images per update; the local steps and learning rate only where
+    `server_knows_local_hyperparameters` (otherwise it simulates one step: it matches the update as a
+    gradient). `progress(step, losses)` gets one (updates, restarts) tensor per cell. Returns one summary
+    per cell, in order."""
     setting = setting or ClientSetting()
-    if attack_needs_precode(attack_name) and not has_precode:
-        raise ValueError(f"attack {attack_name!r} targets PRECODE; this model has none")
+    if attack_needs_precode(attack_name) and not all(c.has_precode for c in cells):
+        raise ValueError(f"attack {attack_name!r} targets PRECODE; a cell's model has none")
     meta = read_json(meta_path)
-    model = load_model(model_path, arch, meta, model_options, precode if has_precode else None).to(device)
+    attack = build_attack(attack_name, **attack_options)
+    told = server_knows_local_hyperparameters
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i, cell in enumerate(cells):
+        groups.setdefault((cell.model_path, cell.has_precode), []).append(i)
+    summaries: list[dict | None] = [None] * len(cells)
+    for (model_path, has_precode), members in groups.items():
+        model = load_model(model_path, arch, meta, model_options, precode if has_precode else None).to(device)
+        shared = [_load_updates(cells[i].gradients_path, setting) for i in members]
+        names = set(shared[0][0])
+        for (gradients, _), i in zip(shared, members):
+            if set(gradients) != names:
+                raise ArtifactError(f"{cells[i].gradients_path}: its gradients name other parameters than "
+                                    f"{cells[members[0]].gradients_path} (same model {model_path})")
+        counts = [next(iter(g.values())).shape[0] for g, _ in shared]
+        gradients = {n: torch.cat([g[n] for g, _ in shared]) for n in names}
+        labels = torch.cat([lab for _, lab in shared])
+        # The server sees labels only where the config says it knows them.
+        view = ServerView(model, gradients, labels if attack.labels == "known" else None, model_mode,
+                          images_per_update=setting.images, local_steps=setting.local_steps if told else 1,
+                          local_lr=setting.local_lr)
+        seeds = [cells[i].seed for i, n in zip(members, counts) for _ in range(n)]
+        victim_ids = [u for n in counts for u in range(n)]
+        bounds = [sum(counts[:k]) for k in range(len(counts) + 1)]
+
+        def split_progress(step: int, losses: torch.Tensor, bounds=bounds) -> None:
+            progress(step, [losses[bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)])
+
+        result = attack(view, seed=seeds, progress=split_progress if progress else None, victim_ids=victim_ids)
+        per_update = setting.images
+        for k, i in enumerate(members):
+            lo, hi = bounds[k], bounds[k + 1]
+            images = result.images[lo * per_update: hi * per_update]
+            save_tensors(cells[i].out, {"images": images, "labels": result.labels[lo * per_update: hi * per_update],
+                                        "gradient_loss": result.gradient_loss[lo:hi],
+                                        "restart_losses": result.restart_losses[lo:hi]},
+                         metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}",
+                                   "engine": str(result.engine), "images_per_update": str(setting.images),
+                                   "local_steps": str(setting.local_steps), "labels": attack.labels,
+                                   "cells_in_pass": str(len(members))})
+            summaries[i] = {"seconds": result.seconds, "gradient_loss_mean": float(result.gradient_loss[lo:hi].mean()),
+                            "victims": int(images.shape[0]), "updates": hi - lo, "cells_in_pass": len(members),
+                            "peak_memory_mb": peak_memory_mb(device), "engine": result.engine,
+                            "image_iterations_per_second":
+                                result.images.shape[0] * attack.iterations / max(result.seconds, 1e-9)}
+        log.info("attack done: %d images of %d cell(s) in %d updates in %.1f s (engine %s), peak memory %.0f MB",
+                 result.images.shape[0], len(members), bounds[-1], result.seconds, result.engine,
+                 peak_memory_mb(device))
+    return summaries
+
+
+def _load_updates(gradients_path: str, setting: ClientSetting) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A cell's shared updates (name -> (updates, *shape)) and their labels, checked against the setting."""
     shared = load_tensors(gradients_path, required=("labels",))
     gradients = {k[len(GRAD_PREFIX):]: v for k, v in shared.items() if k.startswith(GRAD_PREFIX)}
-    attack = build_attack(attack_name, **attack_options)
-    # The server sees labels only where the config says it knows them.
-    told = server_knows_local_hyperparameters
-    view = ServerView(model, gradients, shared["labels"] if attack.labels == "known" else None, model_mode,
-                      images_per_update=setting.images, local_steps=setting.local_steps if told else 1,
-                      local_lr=setting.local_lr)
-    expected = view.num_updates * setting.images
-    if shared["labels"].shape[0] != expected:
-        raise ArtifactError(f"{gradients_path}: {shared['labels'].shape[0]} labels for {view.num_updates} "
+    if not gradients:
+        raise ArtifactError(f"{gradients_path}: holds no gradients ({GRAD_PREFIX}<parameter> tensors)")
+    updates = next(iter(gradients.values())).shape[0]
+    if shared["labels"].shape[0] != updates * setting.images:
+        raise ArtifactError(f"{gradients_path}: {shared['labels'].shape[0]} labels for {updates} "
                             f"updates of {setting.images} images (client setting {setting.name})")
-    result = attack(view, seed=seed, progress=progress)
-    save_tensors(out, {"images": result.images, "labels": result.labels, "gradient_loss": result.gradient_loss,
-                       "restart_losses": result.restart_losses},
-                 metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}", "engine": str(result.engine),
-                           "images_per_update": str(setting.images), "local_steps": str(setting.local_steps),
-                           "labels": attack.labels})
-    summary = {"seconds": result.seconds, "gradient_loss_mean": float(result.gradient_loss.mean()),
-               "victims": int(result.images.shape[0]), "updates": view.num_updates,
-               "peak_memory_mb": peak_memory_mb(device), "engine": result.engine,
-               "image_iterations_per_second": result.images.shape[0] * attack.iterations / max(result.seconds, 1e-9)}
-    log.info("attack done: %(victims)d images in %(updates)d updates in %(seconds).1f s (engine %(engine)s), "
-             "peak memory %(peak_memory_mb).0f MB", summary)
-    return summary
+    return gradients, shared["labels"]
 
 
 def peak_memory_mb(device: torch.device) -> float:

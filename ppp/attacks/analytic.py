@@ -28,7 +28,7 @@ the server's view: the model, the shared gradient of the encoder, and nothing el
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -169,7 +169,7 @@ class AnalyticEncoderInversion(RowOptimisation):
     def recover_span(self, view: ServerView) -> torch.Tensor:
         return recover_feature_span(*self.encoder_gradients(view), view.images_per_update)
 
-    def __call__(self, view: ServerView, seed: int,
+    def __call__(self, view: ServerView, seed: int | Sequence[int],
                  progress: Callable[[int, torch.Tensor], None] | None = None,
                  victim_ids: list[int] | None = None) -> AttackResult:
         model = view.model

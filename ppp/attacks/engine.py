@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -319,14 +319,15 @@ class GradientMatching(RowsObjective):
         return self.rows.gradient_loss(x_row, row, create_graph=False, latent_row=latent_row)
 
 
-def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingProblem, seed: int,
+def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingProblem, seed: int | Sequence[int],
              progress: Callable[[int, torch.Tensor], None] | None = None,
              progress_every: int = 0, victim_ids: list[int] | None = None,
              objective: RowsObjective | None = None) -> AttackResult:
     """Optimise one dummy image per victim and restart, all rows in one optimiser.
 
     Each row's start is seeded by (seed, victim id, restart), so a victim gets the same start whether it
-    is attacked alone or with others; Adam and the sign step act elementwise, so rows never interact.
+    is attacked alone or with others (`seed` may be one per update: several cells' updates optimised
+    together keep each cell's starts); Adam and the sign step act elementwise, so rows never interact.
     Every row keeps its best iterate (lowest objective); with `patience`, a row that stopped improving
     is frozen and no longer computed. The objective is gradient matching over `problem.names` unless
     `objective` is given (the analytic attack's feature inversion)."""
@@ -347,10 +348,13 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     victim_ids = list(range(batch)) if victim_ids is None else list(victim_ids)
     if len(victim_ids) != batch:
         raise ValueError(f"victim_ids has {len(victim_ids)} entries for {batch} victims")
+    row_seeds = [seed] * batch if isinstance(seed, int) else [int(s) for s in seed]
+    if len(row_seeds) != batch:
+        raise ValueError(f"seed has {len(row_seeds)} entries for {batch} updates")
     rows = []
     for b in range(batch):
         for r in range(restarts):
-            gen = generator(derive_seed(seed, "init", victim_ids[b], r))
+            gen = generator(derive_seed(row_seeds[b], "init", victim_ids[b], r))
             if problem.init == "randn":
                 row = torch.randn(shape, generator=gen)
             elif problem.init == "rand":
@@ -391,7 +395,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         if latent is not None:
             best_latent[better] = latent[better]
         best_loss[rows] = torch.minimum(best_loss[rows], row_losses)
-    with seeded(derive_seed(seed, "sampling"), device), code_mode(model, problem.precode_code):
+    with seeded(derive_seed(row_seeds[0], "sampling"), device), code_mode(model, problem.precode_code):
         for step in range(problem.iterations):
             live = active.nonzero().flatten()
             if len(live) == 0:

@@ -7,7 +7,7 @@ whose gradients PRECODE's sampling makes stochastic, and matches only the earlie
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -42,7 +42,7 @@ class InvertingGradients(RowOptimisation):
         if self.latent and self.selection != "all":
             raise ValueError("the latent attack matches every gradient (selection 'all')")
 
-    def __call__(self, view: ServerView, seed: int,
+    def __call__(self, view: ServerView, seed: int | Sequence[int],
                  progress: Callable[[int, torch.Tensor], None] | None = None,
                  victim_ids: list[int] | None = None) -> AttackResult:
         if self.labels == "known":

@@ -1,36 +1,69 @@
-rule attack:
-    input:
-        gradients=f"{RESULTS}/gradients/{{dataset}}/{{arch}}/{{client}}/{{defense}}/{{sigma}}/{{state}}.safetensors",
-        model=model_state_path,
-        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
-    output:
-        reconstructions=f"{RESULTS}/attacks/{{dataset}}/{{arch}}/{{client}}/{{defense}}/{{sigma}}/{{state}}/{{attack}}/reconstructions.safetensors",
-    log:
-        f"{LOGS}/attack/{{dataset}}_{{arch}}_{{client}}_{{defense}}_{{sigma}}_{{state}}_{{attack}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/attack/{{dataset}}_{{arch}}_{{client}}_{{defense}}_{{sigma}}_{{state}}_{{attack}}.tsv"
-    conda:
-        "../envs/ppp.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=240,
-        gpu=gpu_request(),
-    params:
-        attack_options=lambda w: attack_options(config, w.arch, w.attack),
-        model_options=lambda w: config["models"].get(w.arch, {}),
-        precode=precode_params(),
-        model_mode=lambda w: model_mode(config, w.arch),
-        has_precode=lambda w: needs_precode(w.defense),
-        local_lr=lambda w: client_setting(config, w.arch, w.client).local_lr,
-        server_knows_local_hyperparameters=server_knows(config, "local_hyperparameters"),
-        seed=config["seed"],
-        device=config["device"],
-    script:
-        "../scripts/attack.py"
+# One attack job per (dataset, arch, client, state, attack) reconstructs every defence cell the attack
+# applies to, each into its own file; cells sharing a model are rows of one optimisation
+# (ppp.stages.run_attack_cells). The cells are fixed by the config per (arch, client setting), so each
+# (arch, client, attack) gets its own rule with its cells as named outputs.
+for _arch, _client, _attack in [
+    (arch, client, attack)
+    for arch in config["archs"]
+    for client in client_names(arch)
+    for attack in config["attacks"]
+]:
+    _cells = attacked_cells(_arch, _client, _attack)
+    if _cells:
+
+        rule:
+            name:
+                f"attack_{_arch}_{_client}_{_attack}"
+            input:
+                gradients=[
+                    f"{RESULTS}/gradients/{{dataset}}/{_arch}/{_client}/{defense}/{sigma}/{{state}}.safetensors"
+                    for defense, sigma in _cells
+                ],
+                models=lambda w, arch=_arch, cells=_cells: cell_models(w, arch, cells),
+                meta=f"{RESULTS}/data/{{dataset}}/meta.json",
+            output:
+                reconstructions=[
+                    f"{RESULTS}/attacks/{{dataset}}/{_arch}/{_client}/{defense}/{sigma}/{{state}}/{_attack}/reconstructions.safetensors"
+                    for defense, sigma in _cells
+                ],
+            log:
+                f"{LOGS}/attack/{{dataset}}_{_arch}_{_client}_{{state}}_{_attack}.log",
+            benchmark:
+                f"{RESULTS}/benchmarks/attack/{{dataset}}_{_arch}_{_client}_{{state}}_{_attack}.tsv"
+            conda:
+                "../envs/ppp.yaml"
+            threads: 1
+            resources:
+                mem_mb=4000,
+                runtime=min(240 * len(_cells), 2880),  # minutes: the old per-cell limit, capped at 2 days
+                gpu=gpu_request(),
+            params:
+                arch=_arch,
+                client=_client,
+                attack=_attack,
+                cells=[
+                    dict(
+                        defense=defense,
+                        sigma=sigma,
+                        has_precode=needs_precode(defense),
+                    )
+                    for defense, sigma in _cells
+                ],
+                attack_options=attack_options(config, _arch, _attack),
+                model_options=config["models"].get(_arch, {}),
+                precode=precode_params(),
+                model_mode=model_mode(config, _arch),
+                local_lr=client_setting(config, _arch, _client).local_lr,
+                server_knows_local_hyperparameters=server_knows(
+                    config, "local_hyperparameters"
+                ),
+                seed=config["seed"],
+                device=config["device"],
+            script:
+                "../scripts/attack.py"
 
 
-# One job per (dataset, arch, state) evaluates all its cells: metrics take milliseconds, a job seconds.
+# One job per (dataset, arch, client, state) evaluates all its cells: metrics take milliseconds, a job seconds.
 rule evaluate:
     input:
         reconstructions=cell_reconstructions,

@@ -1,27 +1,42 @@
-rule capture:
-    input:
-        model=model_state_path,
-        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
-        victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
-    output:
-        gradients=f"{RESULTS}/gradients/{{dataset}}/{{arch}}/{{client}}/{{defense}}/{{sigma}}/{{state}}.safetensors",
-    log:
-        f"{LOGS}/capture/{{dataset}}_{{arch}}_{{client}}_{{defense}}_{{sigma}}_{{state}}.log",
-    conda:
-        "../envs/ppp.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=gpu_request(),
-    params:
-        model_options=lambda w: config["models"].get(w.arch, {}),
-        precode=precode_params(),
-        model_mode=lambda w: model_mode(config, w.arch),
-        num_victims=lambda w: client_victims(config, w.arch, w.client),
-        noise=noise_options(config),
-        local_lr=lambda w: client_setting(config, w.arch, w.client).local_lr,
-        seed=config["seed"],
-        device=config["device"],
-    script:
-        "../scripts/capture.py"
+# One capture job per (dataset, arch, client setting, state) computes every defence cell's shared updates, each
+# into its own file (a cell takes well under a second; a job costs seconds of start-up).
+for _arch, _client in [
+    (arch, client) for arch in config["archs"] for client in client_names(arch)
+]:
+    _cells = list(defense_cells(_arch, _client))
+
+    rule:
+        name:
+            f"capture_{_arch}_{_client}"
+        input:
+            models=lambda w, arch=_arch, cells=_cells: cell_models(w, arch, cells),
+            meta=f"{RESULTS}/data/{{dataset}}/meta.json",
+            victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
+        output:
+            gradients=[
+                f"{RESULTS}/gradients/{{dataset}}/{_arch}/{_client}/{defense}/{sigma}/{{state}}.safetensors"
+                for defense, sigma in _cells
+            ],
+        log:
+            f"{LOGS}/capture/{{dataset}}_{_arch}_{_client}_{{state}}.log",
+        conda:
+            "../envs/ppp.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+            gpu=gpu_request(),
+        params:
+            arch=_arch,
+            client=_client,
+            cells=[dict(defense=defense, sigma=sigma) for defense, sigma in _cells],
+            model_options=config["models"].get(_arch, {}),
+            precode=precode_params(),
+            model_mode=model_mode(config, _arch),
+            num_victims=client_victims(config, _arch, _client),
+            noise=noise_options(config),
+            local_lr=client_setting(config, _arch, _client).local_lr,
+            seed=config["seed"],
+            device=config["device"],
+        script:
+            "../scripts/capture.py"

@@ -3,6 +3,7 @@ import os
 
 from ppp.config import (
     attack_options,
+    client_defenses,
     client_setting,
     client_victims,
     client_settings,
@@ -37,11 +38,12 @@ def sigma_str(value):
     return f"{float(value):g}"
 
 
-def defense_cells(arch):
-    """(defense, sigma) pairs of one architecture: one per noise scale for noising defences (the
-    architecture's own grid where noise.per_arch gives one; DP-SGD's noise multipliers), sigma 0
-    otherwise."""
-    for defense in config["defenses"]:
+def defense_cells(arch, client=None):
+    """(defense, sigma) pairs of one architecture (at one client setting, where it names its own
+    defences): one per noise scale for noising defences (the architecture's own grid where
+    noise.per_arch gives one; DP-SGD's noise multipliers), sigma 0 otherwise."""
+    swept = client_defenses(config, arch, client) if client else config["defenses"]
+    for defense in swept:
         if not defense_applies(config, arch, defense):
             continue
         if uses_noise(defense):
@@ -65,17 +67,18 @@ def client_names(arch):
 
 
 def attack_cells():
-    """Every (dataset, arch, client, defense, sigma, state, attack) the study attacks."""
+    """Every (dataset, arch, client, defense, sigma, state, attack) the study attacks; the targeted
+    attacks only where PRECODE is (they are defined by its position)."""
     for dataset in config["datasets"]:
         for arch in config["archs"]:
             for client in client_names(arch):
-                for defense, sigma in defense_cells(arch):
+                for defense, sigma in defense_cells(arch, client):
                     for state in config["model_states"]:
                         for attack in config["attacks"]:
-                            if attack_needs_precode(attack) and not needs_precode(
-                                defense
+                            if (defense, sigma) not in attacked_cells(
+                                arch, client, attack
                             ):
-                                continue  # the targeted attack is defined by PRECODE's position
+                                continue
                             yield dict(
                                 dataset=dataset,
                                 arch=arch,
@@ -96,11 +99,31 @@ def evaluation_cells():
                     yield dict(dataset=dataset, arch=arch, client=client, state=state)
 
 
-def model_state_path(wildcards):
-    """The weights a capture or attack job uses: the shared initialisation, or the cell's checkpoint."""
-    if wildcards.state == "init":
-        return f"{RESULTS}/models/{wildcards.dataset}/{wildcards.arch}/{variant_of(wildcards.defense)}/init.safetensors"
-    return f"{RESULTS}/models/{wildcards.dataset}/{wildcards.arch}/{wildcards.defense}/{wildcards.sigma}/trained.safetensors"
+def model_path(dataset, arch, defense, sigma, state):
+    """The weights a cell's updates are computed and attacked with: the shared initialisation of its
+    variant, or the cell's own checkpoint."""
+    if state == "init":
+        return (
+            f"{RESULTS}/models/{dataset}/{arch}/{variant_of(defense)}/init.safetensors"
+        )
+    return f"{RESULTS}/models/{dataset}/{arch}/{defense}/{sigma}/trained.safetensors"
+
+
+def cell_models(wildcards, arch, cells):
+    """The weights of each (defense, sigma) cell, in order (repeated where cells share them)."""
+    return [
+        model_path(wildcards.dataset, arch, defense, sigma, wildcards.state)
+        for defense, sigma in cells
+    ]
+
+
+def attacked_cells(arch, client, attack):
+    """The (defense, sigma) cells of one architecture and client setting that an attack applies to."""
+    return [
+        (defense, sigma)
+        for defense, sigma in defense_cells(arch, client)
+        if needs_precode(defense) or not attack_needs_precode(attack)
+    ]
 
 
 def reconstruction_grids():
