@@ -297,7 +297,7 @@ def test_cells_attacked_in_one_optimisation_get_what_each_gets_alone(tmp_path, a
 def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
     import yaml
 
-    from ppp.config import ConfigError, client_settings, client_victims, validate_config
+    from ppp.config import ConfigError, client_defenses, client_settings, client_victims, validate_config
 
     config = yaml.safe_load(open("config/test.yaml"))
     config["client"]["updates"] = [{"images": 4}]
@@ -305,9 +305,14 @@ def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
         validate_config(config)
     config = yaml.safe_load(open("config/config.yaml"))
     validate_config(config)
-    assert [s.name for s in client_settings(config, "mlp")] == ["b1s1", "b4s1", "b8s1", "b4s2"]
-    assert [s.name for s in client_settings(config, "lenet")] == ["b1s1", "b4s1", "b4s2"]
-    assert client_victims(config, "lenet", "b4s2") == 4 and client_victims(config, "lenet", "b4s1") == 8
+    assert [s.name for s in client_settings(config, "mlp")] == ["b1s1", "b4s1", "b4s2"]
+    assert [s.name for s in client_settings(config, "lenet")] == ["b1s1"]
+    assert client_victims(config, "mlp", "b4s2") == 4 and client_victims(config, "lenet", "b1s1") == 4
+    assert client_defenses(config, "mlp", "b4s2") == ["none", "precode"]
+    assert client_defenses(config, "mlp", "b4s1") == config["defenses"]
+    config["client"]["per_arch"]["mlp"]["updates"][2]["defenses"] = ["none", "ppp_no_decoder"]
+    with pytest.raises(ConfigError, match=r"setting b4s2 of mlp lists defences \['ppp_no_decoder'\]"):
+        validate_config(config)
 
 
 def test_label_inference_leaves_batchnorm_running_statistics_untouched(cifar_victims):
