@@ -1,22 +1,30 @@
-"""The MLflow mirror: every workflow job leaves a run record; one process mirrors them to MLflow.
+"""The MLflow mirror: every workflow job leaves a run record; one process at a time mirrors them to MLflow.
 
 Files under results/ are the truth; MLflow only mirrors them. A job never imports MLflow: it writes a
 JSON record of its params, tags, metrics and artifacts (`JobRecord`, atomic, under
 results/mlflow/records/), which costs nothing at start-up and cannot race other jobs on the backend.
-Snakemake's `onsuccess`/`onerror` handlers then call `mirror_records` once per invocation, which logs the
-records not yet mirrored as runs nested under one parent run for that invocation. Any logging failure
-becomes a warning: a job never fails, and never loses its files, because tracking failed.
+While the workflow runs, a follower process (`python -m ppp.tracking follow`, started by Snakemake's
+`onstart`) mirrors the new records every few seconds as runs nested under the invocation's parent run;
+`onsuccess`/`onerror` have it do a last pass and end the parent. Each pass holds a file lock and finds
+runs by their record id, so every record becomes exactly one run even when passes overlap or are killed.
+Any logging failure becomes a warning: a job never fails, and never loses its files, because tracking failed.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import signal
+import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,22 @@ def init_backend(tracking_uri: str, experiment: str, artifact_root: str | os.Pat
     return experiment_id
 
 
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic (a temporary file renamed over `path`); here, not ppp.io, because that imports torch and the
+    follower stays light."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def _record_file_name(run_name: str) -> str:
     return run_name.replace("/", "__").replace(os.sep, "__") + ".json"
 
@@ -112,16 +136,18 @@ class JobRecord:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.path is None:
             return
-        from ppp.io import write_json
-
         record = dict(record_id=uuid.uuid4().hex, run_name=self.run_name, tags=self.tags, params=self.params,
                       metrics=self.metrics, artifacts=self.artifacts, inputs=self.inputs,
                       attachments=self.attachments, start_ms=self.start_ms,
                       end_ms=int(time.time() * 1000), status="FAILED" if exc_type else "FINISHED")
         try:
-            write_json(self.path, record)
+            _write_json(self.path, record)
         except Exception as err:  # noqa: BLE001 - the mirror must never fail a job
             log.warning("run record %s could not be written (results are unaffected): %s", self.path, err)
+
+
+RECORD_TAG = "ppp.record_id"
+INVOCATION_TAG = "ppp.invocation_id"
 
 
 def _read_records(records_dir: Path) -> list[dict]:
@@ -134,54 +160,163 @@ def _read_records(records_dir: Path) -> list[dict]:
     return records
 
 
+def _tag_filter(key: str, value: str) -> str:
+    """A search filter on a tag whose value is an id (hex: nothing to quote)."""
+    return f"tags.`{key}` = '{value}'"
+
+
 def _latest_run_id(client, experiment_id: str, run_name: str) -> str | None:
-    """The newest run of that name (a job mirrored by an earlier invocation)."""
+    """The newest run of that name (a job mirrored by an earlier pass or invocation)."""
     quoted = run_name.replace("'", "\\'")
     found = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{quoted}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
     return found[0].info.run_id if found else None
 
 
-def mirror_records(records_dir: str | os.PathLike, tracking_uri: str, experiment: str,
-                   artifact_root: str | os.PathLike | None, invocation: Mapping[str, Any] | None = None,
-                   ) -> str | None:
-    """Log every record not mirrored before as a run nested under one new parent run (the workflow
-    invocation); returns the parent run's id, or None when there was nothing new or MLflow failed.
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """One mirror pass at a time per records directory (the follower, the follower of a killed invocation
+    still finishing, a final pass); the kernel drops the lock when its holder dies, even by kill -9."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
-    Which records are mirrored is kept in `mirrored.json` beside the records directory, so a re-run
-    mirrors only the jobs it ran. Failures are warnings: the records stay and the next call retries."""
-    records_dir = Path(records_dir)
-    ledger_path = records_dir.parent / "mirrored.json"
-    try:
-        mirrored = set(json.loads(ledger_path.read_text())) if ledger_path.exists() else set()
-    except (OSError, json.JSONDecodeError):
-        mirrored = set()
-    pending = [r for r in _read_records(records_dir) if r.get("record_id") not in mirrored] \
-        if records_dir.is_dir() else []
-    if not pending:
-        return None
-    from ppp.io import write_json
 
-    try:
-        from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
-        from mlflow.tracking import MlflowClient
+class Mirror:
+    """Mirrors the pending run records of one workflow invocation as runs nested under its parent run.
 
-        experiment_id = init_backend(tracking_uri, experiment, artifact_root)
-        client = MlflowClient(tracking_uri)
+    `run` is one pass; call it as often as wanted. The parent run is created at the first pass with
+    records and found again by its `ppp.invocation_id` tag, so the follower and a final pass in another
+    process share it. Which records are mirrored is kept in `mirrored.json` beside the records directory;
+    each run also carries its record's id (tag `ppp.record_id`), so a pass killed between creating a run
+    and writing the ledger never makes a second run of that record."""
+
+    def __init__(self, records_dir: str | os.PathLike, tracking_uri: str, experiment: str,
+                 artifact_root: str | os.PathLike | None = None, invocation: Mapping[str, Any] | None = None,
+                 invocation_id: str | None = None, started_ms: int | None = None):
+        self.records_dir = Path(records_dir)
+        self.ledger_path = self.records_dir.parent / "mirrored.json"
+        self.lock_path = self.records_dir.parent / "mirrored.json.lock"
+        self.tracking_uri, self.experiment, self.artifact_root = tracking_uri, experiment, artifact_root
         info = {k: str(v) for k, v in (invocation or {}).items()}
-        parent = client.create_run(experiment_id, run_name=info.pop("run_name", "snakemake"),
-                                   start_time=min(r["start_ms"] for r in pending),
-                                   tags={"ppp.kind": "invocation", **info})
-        parent_id = parent.info.run_id
+        self.run_name = info.pop("run_name", "snakemake")
+        self.info = info
         # Every job run carries who ran it and from which commit, as the parent does.
-        shared = {k: v for k, v in info.items() if k.startswith("mlflow.")}
-        run_ids: dict[str, str] = {}
-        failed = False
-        for record in sorted(pending, key=lambda r: r["start_ms"]):
-            tags = {**shared, **record["tags"], "mlflow.parentRunId": parent_id}
-            run = client.create_run(experiment_id, run_name=record["run_name"], start_time=record["start_ms"],
-                                    tags=tags)
-            run_id = run.info.run_id
+        self.shared = {k: v for k, v in info.items() if k.startswith("mlflow.")}
+        # A given id may name a parent that another process created; a fresh one cannot.
+        self.shared_parent = invocation_id is not None
+        self.invocation_id = invocation_id or uuid.uuid4().hex
+        self.started_ms = started_ms
+        self.client: Any = None
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self.run_ids: dict[str, str] = {}  # run name -> run id, for attached metrics
+        self.ok = True  # whether the last pass succeeded
+        self.warned = False
+
+    def _ledger(self) -> set[str]:
+        # A lost or corrupt ledger costs only lookups: runs are found by their record id.
+        try:
+            return set(json.loads(self.ledger_path.read_text())) if self.ledger_path.exists() else set()
+        except (OSError, json.JSONDecodeError):
+            return set()
+
+    def pending(self) -> list[dict]:
+        """The records not mirrored yet, oldest first."""
+        if not self.records_dir.is_dir():
+            return []
+        mirrored = self._ledger()
+        return sorted((r for r in _read_records(self.records_dir) if r.get("record_id") not in mirrored),
+                      key=lambda r: r["start_ms"])
+
+    def run(self, finish: str | None = None) -> str | None:
+        """One pass: mirror the pending records, then, with `finish` (FINISHED, FAILED or KILLED), end the
+        parent run (FAILED if a job failed). The parent run's id, or None when there is none or MLflow
+        failed: a warning (once per Mirror), and the next pass retries."""
+        return self._guarded(lambda: self._pass(finish))
+
+    def connect(self) -> None:
+        """Set up the backend now (the follower, at start: the first job's run then shows sooner)."""
+        self._guarded(self._connect)
+
+    def _guarded(self, work: Callable[[], Any]) -> Any:
+        try:
+            with _exclusive(self.lock_path):
+                result = work()
+        except Exception as err:  # noqa: BLE001 - the mirror must never fail the workflow
+            self.ok, self.client, self.parent_id = False, None, None  # reconnect next pass (a restarted server)
+            if not self.warned:
+                self.warned = True
+                log.warning("MLflow mirror failed (results are unaffected; the run records wait in %s/ and the "
+                            "next mirror pass logs them): %s: %s", self.records_dir, type(err).__name__, err)
+            return None
+        if not self.ok:
+            log.info("MLflow mirror works again; the records that waited are logged")
+        self.ok = True
+        return result
+
+    def _pass(self, finish: str | None) -> str | None:
+        pending = self.pending()
+        if not pending and not (finish and (self.parent_id or self.shared_parent)):
+            return self.parent_id
+        client, experiment_id = self._connect()
+        parent = self._parent(create=bool(pending), start_ms=pending[0]["start_ms"] if pending else None)
+        for record in pending:
+            self.run_ids[record["run_name"]] = self._mirror(record, parent)
+        # Then the metrics some records attach to other runs (all of the pass's runs exist by now); a
+        # record is in the ledger once its attachments are logged.
+        mirrored = self._ledger()
+        for record in pending:
+            self._attach(record)
+            mirrored.add(record["record_id"])
+            _write_json(self.ledger_path, sorted(mirrored))
+        if finish and parent:
+            failed = client.search_runs([experiment_id], f"{_tag_filter('mlflow.parentRunId', parent)} and "
+                                        "attributes.status = 'FAILED'", max_results=1)
+            client.set_terminated(parent, status="FAILED" if failed and finish == "FINISHED" else finish,
+                                  end_time=int(time.time() * 1000))
+        return parent
+
+    def _connect(self) -> tuple[Any, str]:
+        if self.client is None:
+            from mlflow.tracking import MlflowClient
+
+            self.experiment_id = init_backend(self.tracking_uri, self.experiment, self.artifact_root)
+            self.client = MlflowClient(self.tracking_uri)
+        return self.client, self.experiment_id
+
+    def _parent(self, create: bool, start_ms: int | None) -> str | None:
+        if self.parent_id is None:
+            found = self.client.search_runs([self.experiment_id], _tag_filter(INVOCATION_TAG, self.invocation_id),
+                                            max_results=1)
+            if found:
+                self.parent_id = found[0].info.run_id
+            elif create:
+                self.parent_id = self.client.create_run(
+                    self.experiment_id, run_name=self.run_name, start_time=self.started_ms or start_ms,
+                    tags={"ppp.kind": "invocation", INVOCATION_TAG: self.invocation_id, **self.info}).info.run_id
+        return self.parent_id
+
+    def _mirror(self, record: dict, parent: str) -> str:
+        """One record as one run; its id. A run an interrupted pass left behind is kept when it was
+        completed (terminated) and deleted and redone when it was not (still RUNNING: its metrics may be
+        partial)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+
+        client = self.client
+        found = client.search_runs([self.experiment_id], _tag_filter(RECORD_TAG, record["record_id"]),
+                                   max_results=10)
+        complete = [r.info.run_id for r in found if r.info.status != "RUNNING"][:1]
+        for run in found:
+            if run.info.run_id not in complete:
+                client.delete_run(run.info.run_id)
+        if complete:
+            run_id = complete[0]
+        else:
+            tags = {**self.shared, **record["tags"], "mlflow.parentRunId": parent, RECORD_TAG: record["record_id"]}
+            run_id = client.create_run(self.experiment_id, run_name=record["run_name"],
+                                       start_time=record["start_ms"], tags=tags).info.run_id
             params = [Param(k, v) for k, v in record["params"].items()]
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in record["metrics"]]
             for start in range(0, max(len(params), len(metrics)), 100):
@@ -196,23 +331,105 @@ def mirror_records(records_dir: str | os.PathLike, tracking_uri: str, experiment
                 if Path(path).exists():
                     client.log_artifact(run_id, path, artifact_path)
             client.set_terminated(run_id, status=record["status"], end_time=record["end_ms"])
-            run_ids[record["run_name"]] = run_id
-            failed = failed or record["status"] != "FINISHED"
-            mirrored.add(record["record_id"])
-            write_json(ledger_path, sorted(mirrored))
-        for record in pending:
-            for attached in record.get("attachments", []):
-                target = run_ids.get(attached["run_name"]) or _latest_run_id(client, experiment_id,
-                                                                             attached["run_name"])
-                if target is None:
-                    log.warning("MLflow: no run named %s to attach metrics to", attached["run_name"])
-                    continue
-                client.log_batch(target, metrics=[Metric(k, v, attached["timestamp"], 0)
-                                                  for k, v in attached["metrics"].items()])
-        client.set_terminated(parent_id, status="FAILED" if failed else "FINISHED",
-                              end_time=max(r["end_ms"] for r in pending))
-        return parent_id
-    except Exception as err:  # noqa: BLE001 - the mirror must never fail the workflow
-        log.warning("MLflow mirror failed (results on disk are unaffected; the next run retries): %s: %s",
-                    type(err).__name__, err)
-        return None
+        return run_id
+
+    def _attach(self, record: dict) -> None:
+        """Metrics for another job's run, found by its name. Logged again after an interrupted pass:
+        MLflow keeps one copy of an identical metric."""
+        from mlflow.entities import Metric
+
+        for attached in record.get("attachments", []):
+            target = self.run_ids.get(attached["run_name"]) or _latest_run_id(self.client, self.experiment_id,
+                                                                               attached["run_name"])
+            if target is None:
+                log.warning("MLflow: no run named %s to attach metrics to", attached["run_name"])
+                continue
+            self.client.log_batch(target, metrics=[Metric(k, v, attached["timestamp"], 0)
+                                                   for k, v in attached["metrics"].items()])
+
+
+def mirror_records(records_dir: str | os.PathLike, tracking_uri: str, experiment: str,
+                   artifact_root: str | os.PathLike | None, invocation: Mapping[str, Any] | None = None,
+                   ) -> str | None:
+    """Log every record not mirrored before as a run nested under one new, finished parent run; returns
+    the parent run's id, or None when there was nothing new or MLflow failed (a warning)."""
+    return Mirror(records_dir, tracking_uri, experiment, artifact_root, invocation).run(finish="FINISHED")
+
+
+def configure_mirror_process() -> None:
+    """For a process that runs mirror passes (the follower; the final pass when there is none): a server
+    that is down fails a pass in seconds, not after MLflow's retries of about 4 minutes per request (the
+    next pass retries anyway), and says so in one warning, not one per retry; no set-up chatter, and no
+    "View run at" line (and request) per run logged to a server."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    import mlflow.tracking  # noqa: F401 - it sets its loggers' levels on import: first, then ours
+
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+# How the workflow tells the follower to end: a last pass, then the parent run gets this status.
+FINISH_SIGNALS = {signal.SIGUSR1: "FINISHED", signal.SIGUSR2: "FAILED", signal.SIGTERM: "KILLED"}
+
+
+def finish_on_signals() -> list[str]:
+    """The list a finish signal appends its status to; installed before anything slow, since a signal's
+    default action would end the process without its last pass."""
+    finish: list[str] = []
+    for signum in FINISH_SIGNALS:
+        signal.signal(signum, lambda received, _frame: finish.append(FINISH_SIGNALS[received]))
+    return finish
+
+
+def follow(mirror: Mirror, parent_pid: int, interval_s: float, finish: list[str]) -> int:
+    """Mirror every `interval_s` seconds until a finish signal (`finish_on_signals`) or until the process
+    that started us (Snakemake) is gone; then a last pass ends the parent run (KILLED when Snakemake
+    died). Exit status 0 when that pass logged everything, 1 when records wait (the warning said where)."""
+    mirror.connect()
+    due = 0.0
+    while not finish:
+        if os.getppid() != parent_pid:  # re-parented: Snakemake was killed (kill -9 runs no handler)
+            finish.append("KILLED")
+            break
+        if time.monotonic() >= due:
+            mirror.run()
+            due = time.monotonic() + interval_s
+        time.sleep(min(0.2, interval_s))
+    parent = mirror.run(finish=finish[0])
+    if parent and mirror.ok:
+        log.info("this run's jobs are MLflow runs nested under run %s of experiment %r at %s", parent,
+                 mirror.experiment, mirror.tracking_uri)
+    return 0 if mirror.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ppp.tracking", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("follow", help="mirror new run records while the workflow runs (started by "
+                                  "the workflow's onstart handler)")
+    command.add_argument("--records", required=True, help="the run records' directory")
+    command.add_argument("--uri", required=True, help="the MLflow tracking URI")
+    command.add_argument("--experiment", required=True)
+    command.add_argument("--artifact-root", help="where a local backend keeps artifacts")
+    command.add_argument("--invocation-id", required=True, help="identifies the parent run (tag ppp.invocation_id)")
+    command.add_argument("--invocation", default="{}", help="the parent run's name and tags, as JSON")
+    command.add_argument("--started-ms", type=int, help="the parent run's start time")
+    command.add_argument("--parent-pid", type=int, required=True, help="the Snakemake process; we end with it")
+    command.add_argument("--interval", type=float, default=15.0, help="seconds between passes")
+    args = parser.parse_args(argv)
+    finish = finish_on_signals()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ppp: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    mirror = Mirror(args.records, args.uri, args.experiment, args.artifact_root, json.loads(args.invocation),
+                    args.invocation_id, args.started_ms)
+    configure_mirror_process()  # imports MLflow (about 2 s) now, not when the first job has finished
+    return follow(mirror, args.parent_pid, args.interval, finish)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,7 +3,7 @@
 # workflow/profiles/slurm with an MLflow tracking server, and three checks:
 #   1. every non-local job went through sbatch;
 #   2. the tables equal those of a local run of the same config;
-#   3. every job is a run in the MLflow server.
+#   3. every job is a run in the MLflow server, and runs appear there while the workflow still runs.
 # Needs root on Debian (installs slurmctld, slurmd, slurm-client and munge when missing). Starts its
 # own daemons with their own config, ports and state under a temporary folder, and stops only the
 # processes it started. Usage: make cluster-test   (or: bash tools/cluster_test.sh)
@@ -127,11 +127,39 @@ echo "cluster-test: local reference run"
 
 echo "cluster-test: cluster run through workflow/profiles/slurm"
 # No slurmdbd here: check job states with squeue instead of sacct (see docs/cluster.md).
+# In the background: while it runs, the server is polled for a job's run nested under the invocation's.
 MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_TEST_PORT" timeout -k 10 900 \
   "$PY" -m snakemake -s "$REPO/Snakefile" --directory "$WORK/cluster" --configfile "$WORK/cluster.yaml" \
   --profile "$REPO/workflow/profiles/slurm" --jobs 4 --slurm-status-command squeue \
   --slurm-init-seconds-before-status-checks 2 --seconds-between-status-checks 2 \
-  > "$WORK/cluster.log" 2>&1 || { tail -40 "$WORK/cluster.log"; exit 1; }
+  > "$WORK/cluster.log" 2>&1 &
+WORKFLOW_PID=$!
+STARTED_PIDS+=("$WORKFLOW_PID")
+"$PY" - "$MLFLOW_TEST_PORT" "$WORKFLOW_PID" > "$WORK/live.txt" <<'PYLIVE'
+import sys, time
+from mlflow.tracking import MlflowClient
+port, pid = sys.argv[1], int(sys.argv[2])
+client = MlflowClient(f"http://127.0.0.1:{port}")
+
+def running():
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+while running():
+    experiment = client.get_experiment_by_name("ppp")
+    parents = experiment and client.search_runs([experiment.experiment_id], "tags.`ppp.kind` = 'invocation'")
+    nested = parents and client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' and attributes.status = 'FINISHED'",
+        max_results=1)
+    if nested and running():
+        print(nested[0].info.run_name, round(time.time() - nested[0].info.end_time / 1000, 1))
+        break
+    time.sleep(2)
+PYLIVE
+wait "$WORKFLOW_PID" || { tail -40 "$WORK/cluster.log"; exit 1; }
 
 "$PY" - "$WORK" "$MLFLOW_TEST_PORT" <<'PYCHECK'
 import re, sys
@@ -160,5 +188,8 @@ rules = sorted({r.data.tags["rule"] for r in jobs})
 assert len(parents) == 1 and all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in jobs)
 assert len(jobs) >= expected and all(r.info.status == "FINISHED" for r in runs), (len(jobs), rules)
 print(f"cluster-test: {len(jobs)} MLflow runs nested under one invocation in the server ({', '.join(rules)})")
+live = open(f"{work}/live.txt").read().split()
+assert live, "no job's run was in the MLflow server while the workflow ran"
+print(f"cluster-test: {live[0]}'s run was in the server {live[1]} s after the job ended, while the workflow ran")
 PYCHECK
 echo "cluster-test: passed"

@@ -1,0 +1,355 @@
+"""The MLflow mirror while the workflow runs: the follower, overlapping and killed passes, exactly one run
+per record; end to end, a finished job's run is in MLflow while Snakemake still runs."""
+
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ppp.tracking import RECORD_TAG, JobRecord, Mirror, configure_mirror_process, mirror_records, sqlite_uri
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Job runs nested under an invocation's parent run: name, status, record id, the parent's invocation id.
+NESTED = """
+SELECT r.name, r.status, rid.value, inv.value FROM runs r
+JOIN tags parent ON parent.run_uuid = r.run_uuid AND parent.key = 'mlflow.parentRunId'
+JOIN tags kind ON kind.run_uuid = parent.value AND kind.key = 'ppp.kind' AND kind.value = 'invocation'
+JOIN tags inv ON inv.run_uuid = parent.value AND inv.key = 'ppp.invocation_id'
+LEFT JOIN tags rid ON rid.run_uuid = r.run_uuid AND rid.key = 'ppp.record_id'
+WHERE r.lifecycle_stage = 'active'
+"""
+
+
+def nested_runs(db: Path) -> list[tuple]:
+    """Read-only (never creates the database: that would race the mirror's own set-up)."""
+    if not db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as connection:
+            return connection.execute(NESTED).fetchall()
+    except sqlite3.Error:  # tables not created yet
+        return []
+
+
+def record_ids(records: Path) -> set[str]:
+    return {json.loads(p.read_text())["record_id"] for p in records.glob("*.json")}
+
+
+def assert_each_record_is_one_nested_run(client, records: Path, experiment: str) -> list:
+    """Every record is exactly one (active, terminated) run, nested under an invocation's parent run."""
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], max_results=5000)
+    parents = {r.info.run_id for r in runs if r.data.tags.get("ppp.kind") == "invocation"}
+    jobs = [r for r in runs if r.info.run_id not in parents]
+    by_record: dict[str, int] = {}
+    for run in jobs:
+        by_record[run.data.tags[RECORD_TAG]] = by_record.get(run.data.tags[RECORD_TAG], 0) + 1
+    expected = record_ids(records)
+    assert expected <= set(by_record), f"lost: {expected - set(by_record)}"
+    assert {k: n for k, n in by_record.items() if n > 1} == {}, "duplicated"
+    assert all(r.data.tags["mlflow.parentRunId"] in parents for r in jobs)
+    assert all(r.info.status in ("FINISHED", "FAILED") for r in jobs)
+    return jobs
+
+
+def _write_records(records, worker, count, pause_s):
+    for index in range(count):
+        with JobRecord(records, f"attack/w{worker}/r{index}", {"rule": "attack"}, {"worker": worker}) as run:
+            run.log_metrics({f"m{k}": float(k) for k in range(150)})
+        time.sleep(pause_s)
+
+
+def start_follower(records: Path, uri: str, invocation_id: str, log_path: Path, parent_pid: int | None = None,
+                   interval_s: float = 0.2, python_options: tuple[str, ...] = ()) -> subprocess.Popen:
+    command = [sys.executable, *python_options, "-m", "ppp.tracking", "follow", "--records", str(records), "--uri", uri,
+               "--experiment", "exp", "--invocation-id", invocation_id,
+               "--invocation", json.dumps({"run_name": f"snakemake {invocation_id[:4]}"}),
+               "--parent-pid", str(parent_pid or os.getpid()), "--interval", str(interval_s)]
+    return subprocess.Popen(command, stderr=open(log_path, "w"))
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def followers_of(uri: str) -> list[int]:
+    """Live follower processes logging to `uri`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"follow" in command and uri.encode() in command and alive(int(proc.name)):
+                found.append(int(proc.name))
+    return found
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for that signal (SigCgt in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(mask >> (signum - 1) & 1)
+
+
+def test_a_follower_told_to_finish_as_it_starts_still_logs_everything(tmp_path):
+    """A workflow that ends before the follower has imported MLflow: the finish signal is not its death."""
+    from mlflow.tracking import MlflowClient
+
+    records, uri = tmp_path / "mlflow" / "records", sqlite_uri(tmp_path / "mlflow" / "m.db")
+    _write_records(records, 0, 2, 0)
+    # -X importtime logs each import as it finishes: the signal comes before MLflow's (about 2 s) has.
+    follower = start_follower(records, uri, "c" * 32, tmp_path / "f.log", interval_s=30,
+                              python_options=("-X", "importtime"))
+    while not catches(follower.pid, signal.SIGUSR1):
+        time.sleep(0.005)
+    follower.send_signal(signal.SIGUSR1)
+    imported = {line.rsplit("|", 1)[1].strip() for line in (tmp_path / "f.log").read_text().splitlines()
+                if line.startswith("import time:")}
+    assert "mlflow" not in imported
+    assert follower.wait(timeout=120) == 0, (tmp_path / "f.log").read_text()
+    client = MlflowClient(uri)
+    assert len(assert_each_record_is_one_nested_run(client, records, "exp")) == 2
+    parent = client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`ppp.kind` = 'invocation'")
+    assert [p.info.status for p in parent] == ["FINISHED"]
+    assert "nested under run" in (tmp_path / "f.log").read_text()
+
+
+def test_two_followers_and_eight_writers_with_a_follower_killed_mirror_each_record_exactly_once(tmp_path):
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    records, db = tmp_path / "mlflow" / "records", tmp_path / "mlflow" / "m.db"
+    uri = sqlite_uri(db)
+    _write_records(records, "seed", 1, 0)
+    killed, survivor = "a" * 32, "b" * 32
+    a = start_follower(records, uri, killed, tmp_path / "a.log")
+    b = start_follower(records, uri, survivor, tmp_path / "b.log")
+    deadline = time.time() + 120
+    while not nested_runs(db) and time.time() < deadline:  # a follower is up (MLflow imported)
+        time.sleep(0.05)
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_records, args=(records, w, 10, 0.3)) for w in range(8)]
+    for writer in writers:
+        writer.start()
+    # Kill -9 the first follower as soon as it has made a second run of a writer's record, while records
+    # still arrive: it is then mid-pass, most often with that run just created (RUNNING).
+    while time.time() < deadline and sum(inv == killed and not name.startswith("attack/wseed")
+                                         for name, _, _, inv in nested_runs(db)) < 2:
+        time.sleep(0.01)
+    at_kill = [status for name, status, _, inv in nested_runs(db) if inv == killed]
+    writing = any(w.is_alive() for w in writers)
+    os.kill(a.pid, signal.SIGKILL)
+    a.wait()
+    for writer in writers:
+        writer.join()
+    assert writing and all(w.exitcode == 0 for w in writers)
+    b.send_signal(signal.SIGUSR2)  # the workflow failed (onerror): a last pass, then end the parent run
+    assert b.wait(timeout=120) == 0, (tmp_path / "b.log").read_text()
+    mirror_records(records, uri, "exp", None)  # a final pass finds nothing left
+    client = MlflowClient(uri)
+    jobs = assert_each_record_is_one_nested_run(client, records, "exp")
+    assert len(jobs) == 81 and len(record_ids(records)) == 81
+    # Both followers mirrored (the killed one's first run was complete: only a RUNNING run is redone).
+    assert {inv for _, _, _, inv in nested_runs(db)} == {killed, survivor}
+    redone = client.search_runs([jobs[0].info.experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    print(f"killed follower: runs {at_kill} when killed; {len(redone)} run(s) it left RUNNING redone")
+    parents = {r.data.tags["ppp.invocation_id"]: r.info.status for r in client.search_runs(
+        [client.get_experiment_by_name("exp").experiment_id], "tags.`ppp.kind` = 'invocation'")}
+    assert parents == {killed: "RUNNING", survivor: "FAILED"}  # kill -9 ran no handler
+    assert set(json.loads((records.parent / "mirrored.json").read_text())) == record_ids(records)
+
+
+def _records_with_an_attachment(records: Path, artifact: Path) -> None:
+    with JobRecord(records, "attack/mnist/ig", {"rule": "attack"}, {"attack": "ig"}) as run:
+        run.log_metrics({"loss": 0.5}, step=3)
+        run.log_artifact(artifact)
+    with JobRecord(records, "evaluate/mnist", {"rule": "evaluate"}) as run:
+        run.attach_metrics("attack/mnist/ig", {"ssim_median": 0.25})
+        run.log_metrics({"cells": 1.0})
+
+
+@pytest.mark.parametrize("interrupted", ["before_the_ledger", "before_the_run_ended"])
+def test_a_pass_interrupted_after_creating_a_run_leaves_no_duplicate(tmp_path, monkeypatch, caplog, interrupted):
+    """A pass that dies between creating a run and writing the ledger: the next pass finds the run by its
+    record id; it keeps a completed run and deletes and redoes a run left RUNNING."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    import ppp.tracking
+
+    records, uri = tmp_path / "records", sqlite_uri(tmp_path / "m.db")
+    artifact = tmp_path / "table.csv"
+    artifact.write_text("a\n1\n")
+    _records_with_an_attachment(records, artifact)
+    mirror = Mirror(records, uri, "exp", tmp_path / "artifacts", {"run_name": "snakemake 1"}, "f" * 32)
+    if interrupted == "before_the_ledger":  # the evaluate run ended and attached its metrics; no ledger
+        write = ppp.tracking._write_json
+        ledger_writes = []
+
+        def failing_write(path, data):
+            if path.name == "mirrored.json":
+                ledger_writes.append(path)
+                if len(ledger_writes) == 2:
+                    raise OSError("killed")
+            write(path, data)
+
+        monkeypatch.setattr(ppp.tracking, "_write_json", failing_write)
+    else:  # the attack run is created and has its metrics, not its artifact nor its end
+        monkeypatch.setattr(MlflowClient, "log_artifact", lambda *a, **k: (_ for _ in ()).throw(OSError("killed")))
+    with caplog.at_level(logging.WARNING):
+        assert mirror.run() is None
+    assert "MLflow mirror failed" in caplog.text and str(records) in caplog.text
+    monkeypatch.undo()
+    parent = mirror.run(finish="FINISHED")  # the next pass, same invocation
+    client = MlflowClient(uri)
+    jobs = assert_each_record_is_one_nested_run(client, records, "exp")
+    assert len(jobs) == 2 and all(r.data.tags["mlflow.parentRunId"] == parent for r in jobs)
+    attack = next(r for r in jobs if r.info.run_name == "attack/mnist/ig")
+    assert attack.data.metrics == {"loss": 0.5, "ssim_median": 0.25}
+    assert len(client.get_metric_history(attack.info.run_id, "ssim_median")) == 1
+    assert [a.path for a in client.list_artifacts(attack.info.run_id)] == ["table.csv"]
+    experiment_id = attack.info.experiment_id
+    deleted = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert len(deleted) == (1 if interrupted == "before_the_run_ended" else 0)
+    assert len(client.search_runs([experiment_id], "tags.`ppp.kind` = 'invocation'")) == 1
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_tracking_down_is_one_warning_and_the_next_pass_logs_every_record_once(tmp_path, caplog, monkeypatch):
+    """A backend that fails (here a database path that cannot be created, then can): one warning naming
+    where the records wait, then every record mirrored once by the same follower's next pass."""
+    from mlflow.tracking import MlflowClient
+
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(name, "")  # restored afterwards, whatever the test sets
+        monkeypatch.delenv(name)
+    configure_mirror_process()  # as the follower does
+    records = tmp_path / "mlflow" / "records"
+    _write_records(records, 0, 3, 0)
+    blocker = tmp_path / "store"
+    blocker.write_text("")
+    uri = sqlite_uri(blocker / "m.db")
+    mirror = Mirror(records, uri, "exp", None, {"run_name": "snakemake"}, "e" * 32)
+    with caplog.at_level(logging.WARNING):
+        assert mirror.run() is None and mirror.run() is None and mirror.run(finish="FINISHED") is None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"wait in {records}/" in warnings[0].getMessage()
+    blocker.unlink()
+    blocker.mkdir()
+    _write_records(records, 1, 2, 0)
+    parent = mirror.run(finish="FINISHED")
+    assert parent and mirror.ok
+    jobs = assert_each_record_is_one_nested_run(MlflowClient(uri), records, "exp")
+    assert len(jobs) == 5
+    # An MLflow server that is down fails a pass within seconds, not after MLflow's retries of minutes,
+    # with one warning (not one per retry).
+    _write_records(records, 2, 1, 0)
+    caplog.clear()
+    started = time.time()
+    with caplog.at_level(logging.WARNING):
+        assert Mirror(records, "http://127.0.0.1:9", "exp").run() is None
+    assert time.time() - started < 30
+    assert [r.name for r in caplog.records] == ["ppp.tracking"]
+
+
+def test_the_follower_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    """Snakemake killed with kill -9 runs no handler: the follower sees it is gone, logs what is pending
+    and ends the invocation's parent run as KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    records, db = tmp_path / "mlflow" / "records", tmp_path / "mlflow" / "m.db"
+    uri = sqlite_uri(db)
+    _write_records(records, 0, 2, 0)
+    # A stand-in for Snakemake: starts the follower, then waits to be killed.
+    starter = subprocess.Popen([sys.executable, "-c", f"""
+import os, sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_tracking_live import start_follower
+from pathlib import Path
+follower = start_follower(Path({str(records)!r}), {uri!r}, "d" * 32, Path({str(tmp_path / 'f.log')!r}),
+                          interval_s=30)
+print(follower.pid, flush=True)
+time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+    follower_pid = int(starter.stdout.readline())
+    deadline = time.time() + 120
+    while len(nested_runs(db)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    _write_records(records, 1, 1, 0)  # finished after the last pass: the one at the end logs it
+    os.kill(starter.pid, signal.SIGKILL)
+    starter.wait()
+    killed_at = time.time()
+    while alive(follower_pid) and time.time() < killed_at + 30:
+        time.sleep(0.1)
+    assert time.time() - killed_at < 10, "the follower outlived Snakemake"
+    client = MlflowClient(uri)
+    assert len(assert_each_record_is_one_nested_run(client, records, "exp")) == 3
+    parent = client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`ppp.kind` = 'invocation'")
+    assert [p.info.status for p in parent] == ["KILLED"]
+
+
+
+
+@pytest.mark.e2e
+def test_jobs_runs_appear_in_mlflow_while_the_workflow_runs_and_survive_kill_9_and_resume(tmp_path):
+    """Snakemake on the tiny config up to training (8 jobs), mirrored every second: a finished job's run is
+    nested under the invocation's parent run while Snakemake still runs; Snakemake is then killed with
+    kill -9 and resumed (tools/run_workflow.sh, as `make run`); in the end every record is one run."""
+    from mlflow.tracking import MlflowClient
+
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    shutil.copy(REPO / "data" / "victims" / "mnist_128_cvb.npz", tmp_path / "victims.npz")
+    config["datasets"]["mnist"]["victims"] = str(tmp_path / "victims.npz")
+    config["mlflow"] = {**config.get("mlflow", {}), "mirror_interval_s": 1}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    wrapper = [str(REPO / "tools" / "run_workflow.sh"), str(Path(sys.executable).parent / "snakemake"),
+               "-s", str(REPO / "Snakefile"), "--cores", "2", "--configfile", str(tmp_path / "config.yaml"),
+               "--until", "train"]
+    mlflow_dir = tmp_path / "results" / "mlflow"
+    db, records = mlflow_dir / "mlflow.db", mlflow_dir / "records"
+    uri = sqlite_uri(db)
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(wrapper, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 600
+    seen: list[tuple] = []
+    while first.poll() is None and time.time() < deadline and not seen:
+        seen = nested_runs(db)
+        time.sleep(0.2)
+    found_at, running = time.time(), first.poll() is None
+    assert seen and running, (tmp_path / "first.log").read_text()[-3000:]
+    name, _, record_id, first_invocation = seen[0]
+    record = next(r for r in (json.loads(p.read_text()) for p in records.glob("*.json")) if r["record_id"] == record_id)
+    latency = found_at - record["end_ms"] / 1000
+    print(f"{name}: its run was in MLflow {latency:.1f} s after the job ended, Snakemake still running")
+    assert latency < 60
+    # kill -9 mid-way: the follower ends by itself, ending its parent run as KILLED.
+    os.kill(first.pid, signal.SIGKILL)  # the wrapper exec'd Snakemake
+    first.wait()
+    killed_at = time.time()
+    while followers_of(uri) and time.time() < killed_at + 30:
+        time.sleep(0.2)
+    assert not followers_of(uri), "the follower outlived a killed Snakemake"
+    resumed = subprocess.run(wrapper, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert not followers_of(uri), "the follower outlived the workflow"
+    client = MlflowClient(uri)
+    jobs = assert_each_record_is_one_nested_run(client, records, "ppp")
+    assert {r.data.tags["rule"] for r in jobs} == {"prepare_data", "init_model", "train"}
+    parents = {r.data.tags["ppp.invocation_id"]: r.info.status for r in client.search_runs(
+        [client.get_experiment_by_name("ppp").experiment_id], "tags.`ppp.kind` = 'invocation'")}
+    assert len(parents) == 2 and parents.pop(first_invocation) == "KILLED" and list(parents.values()) == ["FINISHED"]
