@@ -9,7 +9,7 @@ MLFLOW_PORT ?= 5000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ppp-installed
 
-.PHONY: run test lint ui mlflow-server cluster-test dry-run paper-dry-run clean-results venv
+.PHONY: run test lint ui mlflow-server cluster-test dry-run paper-dry-run clean-results venv gpu-check
 
 # Resumes by itself after a crash or kill -9 (tools/run_workflow.sh): a stale lock is removed only when
 # no run is alive here, and half-written outputs are redone.
@@ -30,6 +30,12 @@ dry-run: $(STAMP)
 
 paper-dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile config/paper.yaml --quiet rules
+
+# ConvNet and ResNet-18 at width 64 on CIFAR-10, the cells that decide config/gpu.yaml's budgets, timed on
+# one GPU in under 8 minutes (benchmarks/gpu_check.py; one JSON line per cell). Without a CUDA GPU it says
+# so in one line and exits 0. GPU_CHECK_ARGS=--plan lists the cells without running them.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The MLflow UI over the workflow's local SQLite backend, on this machine only.
 ui: $(STAMP)

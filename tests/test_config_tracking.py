@@ -11,10 +11,24 @@ from ppp.tracking import JobRecord, mirror_records, sqlite_uri
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "test.yaml"])
+def merged_over_default(overlay: dict, base: dict) -> dict:
+    """What Snakemake makes of `--configfile <overlay>` on top of config/config.yaml: dicts merge key by
+    key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = merged_over_default(value, base[key]) if isinstance(value, dict) and \
+            isinstance(base.get(key), dict) else value
+    return merged
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "test.yaml", "gpu.yaml", "cnn_cpu.yaml",
+                                  "convnet.yaml"])
 def test_presets_validate(name):
-    config = validate_config(yaml.safe_load((REPO / "config" / name).read_text()))
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    overlay = yaml.safe_load((REPO / "config" / name).read_text())
+    config = validate_config(merged_over_default(overlay, default))
     assert config["mlflow"]["experiment"]  # defaults filled in
+    assert set(config["archs"]) == set(overlay.get("archs", default["archs"]))
 
 
 @pytest.mark.parametrize("change,key", [

@@ -1,0 +1,118 @@
+"""`make gpu-check` (benchmarks/gpu_check.py), config/gpu.yaml and its cost projection
+(benchmarks/attack_flops.py), on a machine without a GPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+NO_GPU = "gpu-check: no CUDA GPU on this machine; nothing to check"
+CELL_KEYS = {"arch", "width", "defense", "sigma", "attack", "median_psnr", "median_ssim", "seconds",
+             "victim_iterations_per_second", "peak_memory_mb", "engine"}
+
+
+def no_gpu_env() -> dict:
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even on a machine that has one
+
+
+def run_check(*args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=no_gpu_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_without_a_gpu_it_says_so_in_one_line_and_exits_0():
+    result = run_check()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == NO_GPU + "\n"
+
+
+def test_the_make_target_runs_the_check():
+    dry = subprocess.run(["make", "-n", "gpu-check"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "benchmarks/gpu_check.py" in dry.stdout
+    # Run the target itself only where the venv is up to date (make would otherwise install it first).
+    if subprocess.run(["make", "-q", ".venv/.ppp-installed"], cwd=REPO, capture_output=True).returncode != 0:
+        pytest.skip(".venv is not up to date: make gpu-check would install it first")
+    result = subprocess.run(["make", "-s", "gpu-check"], cwd=REPO, env=no_gpu_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == NO_GPU + "\n"
+
+
+def test_the_plan_is_convnet_and_resnet18_at_width_64_on_cifar10():
+    result = run_check("--plan")
+    assert result.returncode == 0, result.stderr
+    cells = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {(c["arch"], c["width"], c["dataset"], c["victims"]) for c in cells} == {
+        ("convnet", 64, "cifar10", 4), ("resnet18", 64, "cifar10", 4)}
+    per_arch = {arch: {(c["defense"], c["attack"]) for c in cells if c["arch"] == arch}
+                for arch in ("convnet", "resnet18")}
+    wanted = {("none", "ig"), ("precode", "ig"), ("precode", "ig_targeted"), ("precode", "analytic"),
+              ("ppp", "ig"), ("ppp", "ig_targeted"), ("ppp", "latent"), ("ppp", "analytic")}
+    assert per_arch == {"convnet": wanted, "resnet18": wanted}
+    assert len(cells) == 16
+    # One PPP sigma per architecture, inside config/gpu.yaml's grid; no sigma elsewhere.
+    grid = yaml.safe_load((REPO / "config" / "gpu.yaml").read_text())["noise"]["per_arch"]
+    for arch in ("convnet", "resnet18"):
+        sigmas = {c["sigma"] for c in cells if c["arch"] == arch and c["defense"] == "ppp"}
+        assert len(sigmas) == 1 and sigmas <= set(grid[arch]["scales"])
+    assert all(c["sigma"] == 0 for c in cells if c["defense"] != "ppp")
+    # The most informative cells first: IG on the undefended models, then the targeted attack on PRECODE.
+    assert [(c["defense"], c["attack"]) for c in cells[:4]] == [("none", "ig")] * 2 + [("precode", "ig_targeted")] * 2
+    # Budgets that fit 8 minutes on one GPU by the projection in the script's docstring.
+    assert sum(c["iterations"] for c in cells if c["attack"] != "analytic") <= 6 * 800 + 6 * 1000
+
+
+def test_a_smoke_run_on_the_cpu_runs_every_cell():
+    result = run_check("--device", "cpu", "--iterations", "2", "--width", "8", "--victims", "2", "--threads", "1",
+                       timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    cells, total = lines[:-1], lines[-1]
+    assert len(cells) == 16
+    for cell in cells:
+        assert "error" not in cell and "skipped" not in cell, cell
+        assert CELL_KEYS <= set(cell), CELL_KEYS - set(cell)
+        assert cell["width"] == 8 and cell["iterations"] == 2 and cell["victims"] == 2
+    assert {c["engine"] for c in cells if c["attack"] == "analytic"} == {"batched"}
+    assert {c["engine"] for c in cells if c["attack"] != "analytic"} == {"per_layer"}
+    assert total["gpu_check"] == "done" and total["cells"] == 16 and total["failed"] == 0
+    assert total["total_seconds"] > 0
+
+
+def test_the_gpu_preset_validates_alone_and_merged_over_the_default():
+    from ppp.config import validate_config
+
+    alone = validate_config(yaml.safe_load((REPO / "config" / "gpu.yaml").read_text()))
+    assert alone["mlflow"]["experiment"]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from attack_flops import merged_config
+
+    config = merged_config([str(REPO / "config" / "gpu.yaml")])  # as snakemake --configfile merges it
+    assert config["archs"] == ["mlp", "lenet", "convnet", "resnet18"]
+    assert config["models"]["convnet"]["width"] == 64 and config["models"]["resnet18"]["width"] == 64
+    assert config["attacks"] == ["ig", "ig_targeted", "latent", "analytic"]
+    assert config["defenses"] == ["none", "noise", "precode", "ppp", "ppp_encoder", "dpsgd"]
+    assert config["device"] == "auto"
+    # The default's MLP sweep (which adds 8 images) is replaced, not merged into.
+    assert [u["images"] for u in config["client"]["per_arch"]["mlp"]["updates"]] == [1, 4, 4]
+    assert {u.get("local_steps", 1) for u in config["client"]["updates"]} == {1, 2}
+
+
+def test_the_flop_count_of_convnet_width_64_is_the_benchmarks_figure():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from attack_flops import measure, merged_config
+
+    config = merged_config([str(REPO / "config" / "gpu.yaml")])
+    cell = dict(dataset="cifar10", arch="convnet", client="b1s1", images=1, local_steps=1, local_lr=0.1,
+                attack="ig", precode=False)
+    counted = measure(config, cell)
+    # benchmarks/README.md, "Achieved GFLOP/s": 29.7 GFLOP per victim-iteration (ppp-bench's counter).
+    assert counted["flops_per_victim_iteration"] == pytest.approx(29.7e9, rel=0.01)
+    assert counted["engine"] == "per_layer" and counted["ops_per_iteration"] > 100
