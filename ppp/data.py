@@ -151,8 +151,9 @@ def load_imagefolder(dataset: str, options: dict, train: bool) -> Split:
             try:
                 with Image.open(file) as img:
                     images.append(np.asarray(img.convert(mode)))
-            except OSError as err:
-                raise ArtifactError(f"datasets.{dataset}.root: {file} is not a readable image ({err})") from None
+            except (OSError, ValueError, SyntaxError) as err:  # truncated, empty or not an image
+                raise ArtifactError(f"datasets.{dataset}.root: {file}: truncated, empty or not an image "
+                                    f"({err})") from None
             labels.append(label)
     if not images:
         raise ArtifactError(f"datasets.{dataset}.root: {split_dir} has class folders but no images")

@@ -280,8 +280,12 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
             summaries[i] = {"seconds": result.seconds, "gradient_loss_mean": float(result.gradient_loss[lo:hi].mean()),
                             "victims": int(images.shape[0]), "updates": hi - lo, "cells_in_pass": len(members),
                             "peak_memory_mb": peak_memory_mb(device), "engine": result.engine,
+                            "oom_retries": result.oom_retries, "rows_per_pass": result.chunk_rows,
                             "image_iterations_per_second":
                                 result.images.shape[0] * attack.iterations / max(result.seconds, 1e-9)}
+        if result.oom_retries:
+            log.warning("attack: ran out of memory %d time(s); finished with %d rows per pass", result.oom_retries,
+                        result.chunk_rows)
         log.info("attack done: %d images of %d cell(s) in %d updates in %.1f s (engine %s), peak memory %.0f MB",
                  result.images.shape[0], len(members), bounds[-1], result.seconds, result.engine,
                  peak_memory_mb(device))

@@ -154,9 +154,12 @@ def _read_records(records_dir: Path) -> list[dict]:
     records = []
     for path in sorted(records_dir.glob("*.json")):
         try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            log.warning("skipping unreadable run record %s: %s", path, err)
+            record = json.loads(path.read_bytes().decode("utf-8"))
+            if not isinstance(record, dict) or "start_ms" not in record:
+                raise ValueError("not a run record")
+            records.append(record)
+        except (OSError, ValueError) as err:  # truncated, empty, not UTF-8 or not a record
+            log.warning("skipping unreadable run record %s (truncated or not a run record: %s)", path, err)
     return records
 
 

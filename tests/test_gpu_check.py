@@ -100,8 +100,8 @@ def test_the_gpu_preset_validates_alone_and_merged_over_the_default():
     assert config["attacks"] == ["ig", "ig_targeted", "latent", "analytic"]
     assert config["defenses"] == ["none", "noise", "precode", "ppp", "ppp_encoder", "dpsgd"]
     assert config["device"] == "auto"
-    # The default's MLP sweep (which adds 8 images) is replaced, not merged into.
-    assert [u["images"] for u in config["client"]["per_arch"]["mlp"]["updates"]] == [1, 4, 4]
+    # The default's MLP sweep is replaced, not merged into (gpu.yaml names its own, with 8 images).
+    assert [u["images"] for u in config["client"]["per_arch"]["mlp"]["updates"]] == [1, 4, 8, 4]
     assert {u.get("local_steps", 1) for u in config["client"]["updates"]} == {1, 2}
 
 

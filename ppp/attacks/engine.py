@@ -74,6 +74,7 @@ class AttackResult:
     iterations: torch.Tensor | None = None  # (B,), iterations the chosen restart ran before it stopped
     chunk_rows: int | None = None  # rows per batched pass that were used (None: all at once)
     engine: str | None = None  # the row engine that ran (auto resolved)
+    oom_retries: int = 0  # passes redone with fewer rows after running out of memory (RowsObjective)
 
 
 def infer_labels(model: StagedNet, gradients: dict[str, torch.Tensor], images_per_update: int = 1,
@@ -276,6 +277,27 @@ class RowOptimisation:
             raise ValueError("attack iterations and restarts must be >= 1")
 
 
+class AttackOutOfMemory(RuntimeError):
+    """Even one row per pass does not fit the device's memory."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch's out-of-memory error (the GPU's, torch.cuda.OutOfMemoryError), or the CPU allocator's,
+    which torch raises as a plain RuntimeError."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(err))
+
+
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _restore_rng_state(device: torch.device, state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 class RowsObjective:
     """What `optimise` minimises, row by row: `evaluate(x, rows, latent)` gives the rows' losses and
     gradients w.r.t. their images (and w.r.t. their latent noise where `latent` is given); `score`
@@ -283,6 +305,7 @@ class RowsObjective:
 
     engine: str = "loop"
     chunk_rows: int | None = None
+    oom_retries: int = 0
 
     def evaluate(self, x: torch.Tensor, rows: torch.Tensor, latent: torch.Tensor | None) -> tuple:
         raise NotImplementedError
@@ -308,6 +331,30 @@ class GradientMatching(RowsObjective):
                                            images_per_update) if self.engine == "per_layer" else None
 
     def evaluate(self, x, rows, latent):
+        """The rows' losses and gradients; a pass that runs out of memory (the GPU's, or the CPU's) is
+        redone with half the rows per pass, for this and every later pass. Rows never interact and the
+        global RNG is rewound, so the result is the fitted run's up to float summation order."""
+        while True:
+            rng = _rng_state(x.device)
+            try:
+                return self._evaluate(x, rows, latent)
+            except RuntimeError as err:
+                if not is_out_of_memory(err):
+                    raise
+                failed = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+            # Out of the except block: the failed pass's tensors are freed before the retry.
+            current = min(self.chunk_rows or len(rows), len(rows))
+            if self.engine == "loop" or current <= 1:
+                raise AttackOutOfMemory(f"attack: out of memory with one row per pass ({failed}); lower "
+                                        "attack.restarts or use a device with more memory") from None
+            smaller = max(1, current // 2)
+            log.warning("attack: out of memory with %d rows per pass; retrying with %d", current, smaller)
+            self.chunk_rows, self.oom_retries = smaller, self.oom_retries + 1
+            _restore_rng_state(x.device, rng)
+            if x.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _evaluate(self, x, rows, latent):
         # A single row is faster through plain autograd than through a vmap of one (benchmarks/).
         if self.engine == "loop" or len(rows) == 1:
             return self.rows.loop(x, rows, latent)
@@ -446,4 +493,5 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     images = final_images[torch.arange(batch), best].reshape(batch * per_update, *model.in_shape)
     return AttackResult(images=images, gradient_loss=scores[torch.arange(batch), best], restart_losses=scores,
                         labels=labels.cpu(), seconds=time.perf_counter() - started,
-                        chunk_rows=objective.chunk_rows, engine=objective.engine, iterations=iterations_run.view(batch, restarts)[torch.arange(batch), best])
+                        chunk_rows=objective.chunk_rows, engine=objective.engine,
+                        oom_retries=getattr(objective, "oom_retries", 0), iterations=iterations_run.view(batch, restarts)[torch.arange(batch), best])

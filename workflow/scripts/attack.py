@@ -46,5 +46,7 @@ with job(snakemake, record=False), contextlib.ExitStack() as records:
     for run, summary in zip(runs, summaries):
         run.log_metrics({"attack_seconds": summary["seconds"], "final_gradient_loss": summary["gradient_loss_mean"],
                          "peak_memory_mb": summary["peak_memory_mb"],
-                         "image_iterations_per_second": summary["image_iterations_per_second"]})
-        run.set_tags({"attack_engine": summary["engine"], "cells_in_pass": summary["cells_in_pass"]})
+                         "image_iterations_per_second": summary["image_iterations_per_second"],
+                         "oom_retries": summary["oom_retries"]})
+        run.set_tags({"attack_engine": summary["engine"], "cells_in_pass": summary["cells_in_pass"],
+                      "rows_per_pass": str(summary["rows_per_pass"] or "all")})
