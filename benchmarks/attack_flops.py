@@ -266,7 +266,7 @@ def measure_training_step(config: dict, job: dict) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from ppp.gradients import shared_gradient
-    from ppp.optim import Adam
+    from torch.optim import Adam
 
     model = build(config, job["dataset"], job["arch"], job["precode"])
     mode = model.training

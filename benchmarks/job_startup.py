@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/job_startup.py
 
 Prints one line per step: the Python interpreter alone, torch, the library a job imports
-(ppp.stages and ppp.jobs, torch included), that plus constructing an optimiser (torch.optim's
-imports torch._dynamo; ppp.optim's does not), and what every job paid before run records replaced
+(ppp.stages and ppp.jobs, torch included), that plus constructing a torch.optim optimiser (which imports
+torch._dynamo), and what every job paid before run records replaced
 per-job MLflow logging (importing mlflow and opening a SQLite-backed MlflowClient).
 """
 
@@ -18,10 +18,8 @@ STEPS = {
     "python -c pass": "pass",
     "import torch": "import torch",
     "import ppp.stages, ppp.jobs (a job's imports)": "from ppp import stages, jobs",
-    "  + a torch.optim.Adam (what every training and attack job paid before ppp.optim)":
+    "  + a torch.optim.Adam (once per training and attack job)":
         "from ppp import stages, jobs; import torch; torch.optim.Adam([torch.zeros(1, requires_grad=True)])",
-    "  + a ppp.optim.Adam (now)":
-        "from ppp import stages, jobs; import torch; from ppp.optim import Adam; Adam([torch.zeros(1, requires_grad=True)], lr=0.1)",
     "import mlflow + MlflowClient on SQLite (per job before)":
         "import mlflow; from mlflow.tracking import MlflowClient; "
         "c = MlflowClient('sqlite:///{db}'); c.search_experiments()",

@@ -163,7 +163,7 @@ def victims_per_cell(config: dict, arch: str) -> int:
 
 
 def training_options(config: dict, arch: str) -> dict:
-    training = {k: v for k, v in config.get("training", {}).items() if k not in ("per_arch", "enabled")}
+    training = {k: v for k, v in config.get("training", {}).items() if k not in ("per_arch", "enabled", "grouping")}
     return {**training, **config.get("training", {}).get("per_arch", {}).get(arch, {})}
 
 

@@ -191,10 +191,16 @@ def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
             cell = strongest[(strongest.dataset == dataset) & (strongest.arch == arch)]
             for defense in [d for d in DEFENSE_ORDER if d in set(cell.defense)]:
                 rows = cell[cell.defense == defense].sort_values("noise_scale")
-                ax.plot(rows.test_accuracy, rows.ssim, marker="o", label=defense)
-                for _, row in rows.iterrows():
-                    label = f"{row.noise_scale:g} " if row.noise_scale > 0 else ""
-                    ax.annotate(label + row.strongest_attack, (row.test_accuracy, row.ssim), fontsize=5)
+                # Without training (training.enabled: false) there is no accuracy: no points to place.
+                accuracy_of = pd.to_numeric(rows.test_accuracy, errors="coerce").astype(float)
+                ax.plot(accuracy_of, rows.ssim, marker="o", label=defense)
+                for (_, row), acc in zip(rows.iterrows(), accuracy_of):
+                    if np.isfinite(acc):
+                        label = f"{row.noise_scale:g} " if row.noise_scale > 0 else ""
+                        ax.annotate(label + row.strongest_attack, (acc, row.ssim), fontsize=5)
+            if not cell.empty and pd.to_numeric(cell.test_accuracy, errors="coerce").isna().all():
+                ax.text(0.5, 0.5, "no test accuracy\n(training off)", ha="center", va="center",
+                        transform=ax.transAxes, fontsize=8)
             ax.set_title(f"{dataset} / {arch}", fontsize=9)
             ax.set_xlabel("test accuracy", fontsize=8)
             ax.set_ylabel("median SSIM, strongest attack", fontsize=8)

@@ -12,7 +12,6 @@ import torch
 from ppp.defenses import Defense
 from ppp.gradients import shared_gradient
 from ppp.models import StagedNet
-from ppp.optim import SGD, Adam
 from ppp.seeding import derive_seed, generator, seeded
 
 log = logging.getLogger(__name__)
@@ -33,10 +32,9 @@ class TrainingConfig:
 # defence's noise stay float32). Opacus's per-example steps (DP-SGD) always run in float32.
 PRECISIONS = ("float32", "bfloat16")
 
-# ppp.optim computes what torch.optim does, without importing torch._dynamo into every job.
 OPTIMIZERS = {
-    "adam": lambda params, c: Adam(params, lr=c.lr, weight_decay=c.weight_decay),
-    "sgd": lambda params, c: SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay),
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay),
 }
 
 

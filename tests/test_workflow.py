@@ -30,7 +30,7 @@ def planned_rules(output: str) -> set[str]:
     if "Job stats" not in output:
         return set()
     table = output.split("Job stats:")[1].split("total")[0]
-    return {m.group(1) for m in re.finditer(r"^([a-z_]+)\s+\d+\s*$", table, re.M)}
+    return {m.group(1) for m in re.finditer(r"^([a-z0-9_]+)\s+\d+\s*$", table, re.M)}
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_rerun_does_nothing_and_new_victims_rerun_only_what_depends_on_them(fini
     # attack_mlp_b1s1_ig, ...
     assert {"prepare_victims", "capture_mlp_b1s1", "capture_mlp_b2s2", "attack_mlp_b1s1_ig",
             "attack_mlp_b2s2_analytic", "evaluate", "aggregate"} <= planned
-    assert not planned & {"prepare_data", "init_model", "train"}
+    assert not {rule for rule in planned if rule.startswith(("prepare_data", "init_model", "train"))}
 
 
 def test_bad_config_gets_one_message_naming_the_key(tmp_path):

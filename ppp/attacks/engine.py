@@ -31,7 +31,6 @@ from ppp.attacks.per_layer import PerLayerObjective, row_selector, unsupported_r
 from ppp.client import functional_update, simulated_update
 from ppp.gradients import no_running_stats, set_model_mode
 from ppp.models import StagedNet
-from ppp.optim import Adam, multistep_lr
 from ppp.precode import code_mode, given_noise
 from ppp.seeding import derive_seed, generator, seeded
 
@@ -108,6 +107,16 @@ class GradientMatchingProblem:
     # The client's update as the server simulates it (ppp.client.simulated_update).
     local_steps: int = 1
     local_lr: float = 0.01
+
+
+def multistep_lr(base_lr: float, milestones: list[int], step: int, gamma: float = 0.1) -> float:
+    """The learning rate of optimiser step `step` (0-based) under torch's MultiStepLR stepped once per
+    optimiser step (Inverting Gradients' schedule), computed for any step without a scheduler object."""
+    lr = base_lr
+    for milestone in sorted(set(milestones)):
+        if milestone <= step:
+            lr = lr * gamma ** milestones.count(milestone)
+    return lr
 
 
 def row_total_variation(x_row: torch.Tensor) -> torch.Tensor:
@@ -424,7 +433,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         targets = [view.gradients[n].to(device).repeat_interleave(restarts, dim=0) for n in problem.names]
         objective = GradientMatching(model, row_labels, targets, problem, x)
     optimised = [x] if latent is None else [x, latent]
-    optimizer = Adam(optimised, lr=problem.lr)
+    optimizer = torch.optim.Adam(optimised, lr=problem.lr)
     milestones = [round(problem.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if problem.lr_decay else []
 
     losses = torch.full((n_rows,), float("inf"))
@@ -464,7 +473,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             if latent is not None:
                 latent.grad.zero_()
                 latent.grad[live.to(device)] = latent_grads[0].sign() if problem.signed else latent_grads[0]
-            optimizer.lr = multistep_lr(problem.lr, milestones, step)
+            optimizer.param_groups[0]["lr"] = multistep_lr(problem.lr, milestones, step)
             optimizer.step()
             if frozen_before is not None:  # Adam's momentum would move frozen rows: hold them
                 for t, before in zip(optimised, frozen_before):

@@ -30,6 +30,8 @@ for _arch, _client, _attack in [
                 f"{LOGS}/attack/{{dataset}}_{_arch}_{_client}_{{state}}_{_attack}.log",
             benchmark:
                 f"{RESULTS}/benchmarks/attack/{{dataset}}_{_arch}_{_client}_{{state}}_{_attack}.tsv"
+            # Longest first, so that no long job starts last while the other cores idle.
+            priority: attack_cost(_arch, _client, _attack, _cells)
             conda:
                 "../envs/ppp.yaml"
             threads: 1

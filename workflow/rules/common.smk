@@ -66,6 +66,23 @@ def client_names(arch):
     return [setting.name for setting in client_settings(config, arch)]
 
 
+def attack_cost(arch, client, attack, cells):
+    """A rough relative cost of an attack job, for Snakemake's priority: cells x victims x iterations,
+    a quarter for the analytic attack (no second-order term), times the local steps (FedAvg's
+    simulation)."""
+    options = attack_options(config, arch, attack)
+    setting = client_setting(config, arch, client)
+    share = 0.25 if attack == "analytic" else 1.0
+    return int(
+        len(cells)
+        * client_victims(config, arch, client)
+        * options.get("iterations", 1000)
+        * setting.local_steps
+        * share
+        / 100
+    )
+
+
 def attack_cells():
     """Every (dataset, arch, client, defense, sigma, state, attack) the study attacks; the targeted
     attacks only where PRECODE is (they are defined by its position)."""

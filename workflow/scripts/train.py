@@ -2,20 +2,32 @@ import ppp_path  # noqa: F401  (first: ppp from this checkout, in any software e
 
 from ppp import stages
 from ppp.io import read_json
-from ppp.jobs import job
+from ppp.jobs import cell_record, job
 from ppp.models import PrecodeSpec
 from ppp.training import TrainingConfig
 
-p, w = snakemake.params, snakemake.wildcards
-with job(snakemake, {"training": p.training, "model": p.model_options, "precode": p.precode,
-                     "noise": p.noise}) as run:
+p, w, out = snakemake.params, snakemake.wildcards, snakemake.output
+params = {"training": p.training, "model": p.model_options, "precode": p.precode, "noise": p.noise}
+meta = read_json(snakemake.input.meta)
+
+
+def train(arch, defense, sigma, init, out_model, out_metrics, run):
     metrics = stages.train_model(
-        w.arch, w.defense, float(w.sigma), p.noise, snakemake.input.init, snakemake.input.meta,
-        snakemake.input.train, snakemake.input.test, p.model_options, PrecodeSpec(**p.precode),
-        TrainingConfig(**p.training), p.seed, stages.resolve_device(p.device),
-        snakemake.output.model, snakemake.output.metrics)
+        arch, defense, float(sigma), p.noise, init, snakemake.input.meta, snakemake.input.train,
+        snakemake.input.test, p.model_options, PrecodeSpec(**p.precode), TrainingConfig(**p.training), p.seed,
+        stages.resolve_device(p.device), out_model, out_metrics)
     run.log_metrics({k: metrics[k] for k in ("test_accuracy", "train_seconds", "steps", "epsilon") if k in metrics})
-    run.log_artifact(snakemake.output.metrics)
-    meta = read_json(snakemake.input.meta)
+    run.log_artifact(out_metrics)
     run.log_input(f"{w.dataset}/train", meta["sha256"]["train"], snakemake.input.train, "training",
                   {"examples": meta["counts"]["train"]})
+
+
+if hasattr(p, "cells"):  # training.grouping: arch, one run record per cell as if each were its own job
+    with job(snakemake, record=False):
+        for cell, init, out_model, out_metrics in zip(p.cells, snakemake.input.inits, out.models, out.metrics):
+            wildcards = dict(dataset=w.dataset, arch=p.arch, defense=cell["defense"], sigma=cell["sigma"])
+            with cell_record(snakemake, "train", wildcards, params) as run:
+                train(p.arch, cell["defense"], cell["sigma"], init, out_model, out_metrics, run)
+else:
+    with job(snakemake, params) as run:
+        train(w.arch, w.defense, w.sigma, snakemake.input.init, out.model, out.metrics, run)
