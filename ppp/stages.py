@@ -267,6 +267,7 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
 
         result = attack(view, seed=seeds, progress=split_progress if progress else None, victim_ids=victim_ids)
         per_update = setting.images
+        peak = peak_memory_mb(device)
         for k, i in enumerate(members):
             lo, hi = bounds[k], bounds[k + 1]
             images = result.images[lo * per_update: hi * per_update]
@@ -279,7 +280,7 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
                                    "cells_in_pass": str(len(members))})
             summaries[i] = {"seconds": result.seconds, "gradient_loss_mean": float(result.gradient_loss[lo:hi].mean()),
                             "victims": int(images.shape[0]), "updates": hi - lo, "cells_in_pass": len(members),
-                            "peak_memory_mb": peak_memory_mb(device), "engine": result.engine,
+                            "peak_memory_mb": peak, "engine": result.engine,
                             "oom_retries": result.oom_retries, "rows_per_pass": result.chunk_rows,
                             "image_iterations_per_second":
                                 result.images.shape[0] * attack.iterations / max(result.seconds, 1e-9)}
@@ -287,8 +288,7 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
             log.warning("attack: ran out of memory %d time(s); finished with %d rows per pass", result.oom_retries,
                         result.chunk_rows)
         log.info("attack done: %d images of %d cell(s) in %d updates in %.1f s (engine %s), peak memory %.0f MB",
-                 result.images.shape[0], len(members), bounds[-1], result.seconds, result.engine,
-                 peak_memory_mb(device))
+                 result.images.shape[0], len(members), bounds[-1], result.seconds, result.engine, peak)
     return summaries
 
 
