@@ -92,9 +92,7 @@ def attack_cells():
                 for defense, sigma in defense_cells(arch, client):
                     for state in config["model_states"]:
                         for attack in config["attacks"]:
-                            if (defense, sigma) not in attacked_cells(
-                                arch, client, attack
-                            ):
+                            if not attack_applies(attack, defense):
                                 continue
                             yield dict(
                                 dataset=dataset,
@@ -134,12 +132,17 @@ def cell_models(wildcards, arch, cells):
     ]
 
 
+def attack_applies(attack, defense):
+    """The targeted attacks need PRECODE (they are defined by its position); the others apply anywhere."""
+    return needs_precode(defense) or not attack_needs_precode(attack)
+
+
 def attacked_cells(arch, client, attack):
     """The (defense, sigma) cells of one architecture and client setting that an attack applies to."""
     return [
         (defense, sigma)
         for defense, sigma in defense_cells(arch, client)
-        if needs_precode(defense) or not attack_needs_precode(attack)
+        if attack_applies(attack, defense)
     ]
 
 
