@@ -58,7 +58,12 @@ cluster-test: $(STAMP)
 
 venv: $(STAMP)
 
+# A new .venv takes about 6.5 GB (torch's CUDA build) plus pip's unpacking: say so before pip fills the disk.
+VENV_FREE_KB ?= 8000000
 $(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || { free_kb=$$(df -Pk . | awk 'NR == 2 {print $$4}'); \
+	  if [ "$$free_kb" -lt $(VENV_FREE_KB) ]; then \
+	    echo "ppp: creating $(VENV) needs about $$(($(VENV_FREE_KB) / 1000000)) GB free in $(CURDIR); $$((free_kb / 1000000)) GB are free (VENV_FREE_KB=0 skips this check)" >&2; exit 1; fi; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .

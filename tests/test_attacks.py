@@ -155,13 +155,17 @@ def test_per_layer_objective_equals_the_loop_on_batchnorm_in_training_mode(mnist
         model = build_model("convnet", (1, 32, 32), 10, (0.1307,), (0.3081,), None, {"width": 4})
     loop, per_layer = _row_objectives(model, images, labels, "all")
     running_mean = [m.running_mean.clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    x, rows = torch.randn(3, 1, 32, 32), torch.arange(3)
+    x, rows = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(3)
     losses, grads = per_layer(x, rows)
     after = [m.running_mean for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.equal(a, b) for a, b in zip(after, running_mean))
     loop_losses, loop_grads = loop.loop(x, rows)
     assert torch.allclose(losses, loop_losses, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(grads, loop_grads, rtol=1e-4, atol=1e-6)
+    # Relative to each row's gradient norm: at a random start the cosine distance is near 1 and its
+    # gradient small, so single elements differ by float32 summation order (up to 1.1e-3 of the norm
+    # over 40 random starts); normalising by the batch's statistics would differ by order 1.
+    errors = (grads - loop_grads).flatten(1).norm(dim=1) / loop_grads.flatten(1).norm(dim=1)
+    assert errors.max() < 1e-2, errors
     assert all(type(m).forward is nn.BatchNorm2d.forward and "forward" not in vars(m)
                for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 

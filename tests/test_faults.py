@@ -259,6 +259,41 @@ def test_an_attack_out_of_memory_retries_with_fewer_rows_and_gives_the_fitted_re
     torch.testing.assert_close(retried.gradient_loss, fitted.gradient_loss)
 
 
+@pytest.mark.parametrize("images_per_update", [1, 2])
+def test_the_analytic_attack_out_of_memory_retries_with_fewer_rows_and_gives_the_fitted_result(
+        mnist_victims, monkeypatch, caplog, images_per_update):
+    """The analytic attack's objectives (feature matching at one image, span matching at several) halve
+    their rows per pass on running out of memory, as gradient matching does."""
+    from ppp.attacks import ServerView, build_attack
+    from ppp.attacks.analytic import FeatureMatching, SpanMatching
+    from ppp.gradients import shared_gradient
+    from ppp.models import PrecodeSpec, build_model
+    from ppp.seeding import seeded
+
+    images, labels = mnist_victims[0][:4], mnist_victims[1][:4]
+    with seeded(0):
+        model = build_model("mlp", (1, 32, 32), 10, (0.1307,), (0.3081,), PrecodeSpec(bottleneck_size=16),
+                            {"width": 32})
+    per = []
+    for start in range(0, 4, images_per_update):
+        with seeded(start):
+            per.append(shared_gradient(model, images[start:start + images_per_update],
+                                       labels[start:start + images_per_update]))
+    view = ServerView(model, {k: torch.stack([g[k] for g in per]) for k in per[0]},
+                      labels.clone(), images_per_update=images_per_update)
+    attack = build_attack("analytic", iterations=6, tv_weight=1e-2, restarts=2)
+    fitted = attack(view, seed=1)
+    target = FeatureMatching if images_per_update == 1 else SpanMatching
+    calls = _fits_only(monkeypatch, target, "_evaluate_rows", 2, torch.OutOfMemoryError("CUDA out of memory"))
+    with caplog.at_level(logging.WARNING, logger="ppp.attacks.engine"):
+        retried = attack(view, seed=1)
+    rows = 2 * 4 // images_per_update  # updates x restarts
+    assert calls[0] == rows and retried.oom_retries == (1 if rows == 4 else 2) and retried.chunk_rows == 2
+    assert fitted.oom_retries == 0 and fitted.chunk_rows is None
+    assert caplog.records[0].getMessage() == f"attack: out of memory with {rows} rows per pass; retrying with {rows // 2}"
+    torch.testing.assert_close(retried.images, fitted.images, atol=1e-5, rtol=0)
+
+
 def test_an_attack_that_does_not_fit_one_row_per_pass_stops_with_one_line(mnist_victims, monkeypatch):
     view, labels = _view(mnist_victims)
     calls = _fits_only(monkeypatch, PerLayerObjective, "_evaluate", 0, torch.OutOfMemoryError("CUDA out of memory"))

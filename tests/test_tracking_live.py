@@ -354,3 +354,92 @@ def test_jobs_runs_appear_in_mlflow_while_the_workflow_runs_and_survive_kill_9_a
     parents = {r.data.tags["ppp.invocation_id"]: r.info.status for r in client.search_runs(
         [client.get_experiment_by_name("ppp").experiment_id], "tags.`ppp.kind` = 'invocation'")}
     assert len(parents) == 2 and parents.pop(first_invocation) == "KILLED" and list(parents.values()) == ["FINISHED"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_mlflow_server(store: Path, port: int, log_path: Path) -> subprocess.Popen:
+    """A real `mlflow server` on loopback, in its own process group (it forks workers), ready to answer."""
+    import urllib.request
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", sqlite_uri(store / "mlflow.db"),
+         "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=open(log_path, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert server.poll() is None, log_path.read_text()[-2000:]
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return server
+        time.sleep(0.5)
+    raise AssertionError(f"mlflow server did not answer in 120 s: {log_path.read_text()[-2000:]}")
+
+
+def _stop_hard(server: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+
+
+def _job_runs(client, experiment: str) -> int:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return 0
+    return len([r for r in client.search_runs([found.experiment_id], max_results=5000)
+                if r.data.tags.get("ppp.kind") != "invocation"])
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_a_real_mlflow_server_down_at_start_then_killed_mid_run_gets_every_record_exactly_once(tmp_path):
+    """Issue 18, with a real `mlflow server` process: down when the workflow starts, then up, then killed
+    (kill -9 on its process group) while jobs go on writing their records, then started again on the same
+    port and store. Jobs only write local records, so they never wait on the server; the follower warns
+    once, naming where the records wait, and every record becomes exactly one run."""
+    from mlflow.tracking import MlflowClient
+
+    store, records, port = tmp_path / "server", tmp_path / "mlflow" / "records", _free_port()
+    store.mkdir()
+    uri, log_path = f"http://127.0.0.1:{port}", tmp_path / "follower.log"
+    follower = start_follower(records, uri, "f" * 32, log_path, interval_s=0.5)
+    server = None
+    try:
+        _write_records(records, 0, 2, 0)
+        _wait_for(lambda: "MLflow mirror failed" in log_path.read_text(), 60, "the warning")
+        assert f"wait in {records}/" in log_path.read_text()
+        server = _start_mlflow_server(store, port, tmp_path / "server.log")
+        client = MlflowClient(uri)
+        _wait_for(lambda: _job_runs(client, "exp") == 2, 60, "the 2 waiting runs once the server is up")
+        _write_records(records, 1, 2, 0)
+        _wait_for(lambda: _job_runs(client, "exp") == 4, 60, "the next 2 runs")
+        _stop_hard(server)
+        _write_records(records, 2, 3, 0)  # jobs finish while the server is gone
+        time.sleep(3)  # several of the follower's passes fail meanwhile
+        assert follower.poll() is None, "the follower must outlive the server"
+        server = _start_mlflow_server(store, port, tmp_path / "server.log")
+        _wait_for(lambda: _job_runs(client, "exp") == 7, 90, "the 3 waiting runs after the restart")
+        follower.send_signal(signal.SIGUSR1)
+        assert follower.wait(timeout=60) == 0
+        log_text = log_path.read_text()
+        assert log_text.count("MLflow mirror failed") == 1, log_text
+        jobs = assert_each_record_is_one_nested_run(client, records, "exp")
+        assert len(jobs) == 7
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+        if server is not None:
+            _stop_hard(server)

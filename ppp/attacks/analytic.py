@@ -32,8 +32,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ppp.attacks.engine import (AttackResult, GradientMatchingProblem, RowOptimisation, RowsObjective, ServerView,
-                               optimise)
+from ppp.attacks.engine import (AttackResult, ChunkedRowsObjective, GradientMatchingProblem, RowOptimisation,
+                               ServerView, optimise)
 from ppp.attacks.objectives import total_variation_rows
 from ppp.attacks.per_layer import per_row_batch_norm
 from ppp.models import StagedNet
@@ -72,11 +72,9 @@ def recover_feature_span(weight_grad: torch.Tensor, bias_grad: torch.Tensor, ran
     return vh[:, :rank, :].to(weight_grad.dtype)
 
 
-class SpanMatching(RowsObjective):
+class SpanMatching(ChunkedRowsObjective):
     """Rows are updates of B dummy images; each row's loss is the chordal distance between the span of
     its images' [features, 1] and the recovered span, plus TV; one batched forward and backward."""
-
-    engine = "batched"
 
     def __init__(self, model: StagedNet, spans: torch.Tensor, tv_weight: float):
         self.model, self.spans, self.tv_weight = model, spans, tv_weight
@@ -93,7 +91,7 @@ class SpanMatching(RowsObjective):
         overlap = torch.bmm(self.spans[rows].double(), basis).pow(2).sum((1, 2))
         return (1 - overlap / self.group).to(images.dtype)
 
-    def evaluate(self, x, rows, latent):
+    def _evaluate_rows(self, x, rows):
         images = x[rows].detach().requires_grad_(True)
         with torch.enable_grad():
             tv = total_variation_rows(images.flatten(0, 1)).view(-1, self.group).mean(1)
@@ -106,11 +104,9 @@ class SpanMatching(RowsObjective):
             return self.matching_loss(x_row.unsqueeze(0), torch.tensor([row], device=x_row.device))[0]
 
 
-class FeatureMatching(RowsObjective):
+class FeatureMatching(ChunkedRowsObjective):
     """Rows' feature-matching losses and image gradients from one batched forward and backward: rows are
     independent (BatchNorm in evaluation mode, or per-row instance normalisation in training mode)."""
-
-    engine = "batched"
 
     def __init__(self, model: StagedNet, targets: torch.Tensor, tv_weight: float, feature_loss: str):
         if feature_loss not in FEATURE_LOSSES:
@@ -127,7 +123,7 @@ class FeatureMatching(RowsObjective):
             return (features - targets).pow(2).sum(1) / self.target_squares[rows]
         return 1 - torch.nn.functional.cosine_similarity(features, targets, dim=1, eps=1e-12)
 
-    def evaluate(self, x, rows, latent):
+    def _evaluate_rows(self, x, rows):
         images = x[rows].detach().requires_grad_(True)
         with torch.enable_grad():
             losses = self.matching_loss(images, rows) + self.tv_weight * total_variation_rows(images)

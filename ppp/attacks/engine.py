@@ -310,36 +310,14 @@ def _restore_rng_state(device: torch.device, state: tuple) -> None:
 class RowsObjective:
     """What `optimise` minimises, row by row: `evaluate(x, rows, latent)` gives the rows' losses and
     gradients w.r.t. their images (and w.r.t. their latent noise where `latent` is given); `score`
-    ranks a finished row's restarts by the matching term alone."""
+    ranks a finished row's restarts by the matching term alone. Subclasses implement `_evaluate`, in
+    passes of at most `chunk_rows` rows (None: all)."""
 
     engine: str = "loop"
     chunk_rows: int | None = None
     oom_retries: int = 0
 
     def evaluate(self, x: torch.Tensor, rows: torch.Tensor, latent: torch.Tensor | None) -> tuple:
-        raise NotImplementedError
-
-    def score(self, x_row: torch.Tensor, row: int, latent_row: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class GradientMatching(RowsObjective):
-    """Inverting Gradients' objective through the chosen row engine."""
-
-    def __init__(self, model: StagedNet, labels: torch.Tensor, targets: list[torch.Tensor],
-                 problem: GradientMatchingProblem, x: torch.Tensor):
-        images_per_update = 1 if x.dim() == 4 else x.shape[1]
-        self.rows = RowObjective(model, problem.names, labels, targets, problem.tv_weight, problem.local_steps,
-                                 problem.local_lr)
-        self.chunk_rows = rows_per_chunk(self.rows, x, problem.memory_budget_mb, problem.chunk_rows)
-        self.engine = choose_engine(problem.engine, model, problem.names, images_per_update, problem.local_steps,
-                                    problem.latent)
-        if problem.latent and self.engine == "vmap":
-            raise ValueError("the latent attack runs on the per_layer or loop engine, not vmap")
-        self.per_layer = PerLayerObjective(model, problem.names, labels, targets, problem.tv_weight,
-                                           images_per_update) if self.engine == "per_layer" else None
-
-    def evaluate(self, x, rows, latent):
         """The rows' losses and gradients; a pass that runs out of memory (the GPU's, or the CPU's) is
         redone with half the rows per pass, for this and every later pass. Rows never interact and the
         global RNG is rewound, so the result is the fitted run's up to float summation order."""
@@ -362,6 +340,44 @@ class GradientMatching(RowsObjective):
             _restore_rng_state(x.device, rng)
             if x.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def _evaluate(self, x: torch.Tensor, rows: torch.Tensor, latent: torch.Tensor | None) -> tuple:
+        raise NotImplementedError
+
+    def score(self, x_row: torch.Tensor, row: int, latent_row: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ChunkedRowsObjective(RowsObjective):
+    """An objective whose rows go through one batched forward and backward (`_evaluate_rows`), split
+    into passes of `chunk_rows` rows."""
+
+    engine = "batched"
+
+    def _evaluate(self, x, rows, latent):
+        size = self.chunk_rows or len(rows)
+        parts = [self._evaluate_rows(x, chunk) for chunk in rows.split(size)]
+        return torch.cat([losses for losses, _ in parts]), torch.cat([grads for _, grads in parts])
+
+    def _evaluate_rows(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class GradientMatching(RowsObjective):
+    """Inverting Gradients' objective through the chosen row engine."""
+
+    def __init__(self, model: StagedNet, labels: torch.Tensor, targets: list[torch.Tensor],
+                 problem: GradientMatchingProblem, x: torch.Tensor):
+        images_per_update = 1 if x.dim() == 4 else x.shape[1]
+        self.rows = RowObjective(model, problem.names, labels, targets, problem.tv_weight, problem.local_steps,
+                                 problem.local_lr)
+        self.chunk_rows = rows_per_chunk(self.rows, x, problem.memory_budget_mb, problem.chunk_rows)
+        self.engine = choose_engine(problem.engine, model, problem.names, images_per_update, problem.local_steps,
+                                    problem.latent)
+        if problem.latent and self.engine == "vmap":
+            raise ValueError("the latent attack runs on the per_layer or loop engine, not vmap")
+        self.per_layer = PerLayerObjective(model, problem.names, labels, targets, problem.tv_weight,
+                                           images_per_update) if self.engine == "per_layer" else None
 
     def _evaluate(self, x, rows, latent):
         # A single row is faster through plain autograd than through a vmap of one (benchmarks/).
