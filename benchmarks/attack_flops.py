@@ -82,8 +82,7 @@ def attack_plan(config: dict) -> list[dict]:
     for dataset in config["datasets"]:
         for arch in config["archs"]:
             for setting in pc.client_settings(config, arch):
-                swept = pc.client_defenses(config, arch, setting.name) if hasattr(pc, "client_defenses") \
-                    else config["defenses"]
+                swept = pc.client_defenses(config, arch, setting.name)
                 for defense in swept:
                     if not pc.defense_applies(config, arch, defense):
                         continue
@@ -94,7 +93,7 @@ def attack_plan(config: dict) -> list[dict]:
                             for attack in config["attacks"]:
                                 if attack_needs_precode(attack) and not DEFENSES[defense].needs_precode:
                                     continue
-                                options = pc.attack_options(config, arch, attack)
+                                options = pc.attack_options(config, arch, attack, setting.name)
                                 cells.append(dict(
                                     dataset=dataset, arch=arch, client=setting.name, images=setting.images,
                                     local_steps=setting.local_steps, local_lr=setting.local_lr,
@@ -172,7 +171,7 @@ def measure(config: dict, cell: dict, rows: int = 2, device: str = "meta") -> di
     from ppp.precode import code_mode
 
     model = build(config, cell["dataset"], cell["arch"], cell["precode"], device)
-    options = attack_options(config, cell["arch"], cell["attack"])
+    options = attack_options(config, cell["arch"], cell["attack"], cell["client"])
     images = cell["images"]
     shape = model.in_shape if images == 1 else (images, *model.in_shape)
     x = torch.randn(rows, *shape, device=device)

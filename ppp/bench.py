@@ -33,16 +33,19 @@ def preset_settings(config_path, arch: str, overrides: dict) -> dict:
     the command line's overrides: the benchmark measures what the workflow runs."""
     import yaml
 
-    from ppp.config import attack_options, model_mode, noise_options, validate_config
+    from ppp.config import attack_options, client_settings, model_mode, noise_options, validate_config
 
     with open(config_path) as handle:
         config = validate_config(yaml.safe_load(handle))
+    # The preset's own options at the client setting benchmarked, where it sweeps that setting.
+    wanted = f"b{overrides.get('images_per_update') or 1}s{overrides.get('local_steps') or 1}"
+    client = wanted if wanted in [s.name for s in client_settings(config, arch)] else None
     model_options = dict(config.get("models", {}).get(arch, {}))
     if overrides.get("width"):
         model_options["width"] = overrides["width"]
     if overrides.get("init_range") is not None:
         model_options["init_range"] = overrides["init_range"]
-    attack = attack_options(config, arch, overrides.get("attack"))
+    attack = attack_options(config, arch, overrides.get("attack"), client)
     attack.update({k: overrides[k] for k in OVERRIDES if overrides.get(k) is not None})
     return dict(model_options=model_options, precode=dict(config["precode"]), attack=attack, noise=noise_options(config),
                 model_mode=overrides.get("model_mode") or model_mode(config, arch))

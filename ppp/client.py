@@ -135,15 +135,18 @@ def simulated_update(model: StagedNet, pixels: torch.Tensor, labels: torch.Tenso
 def simulated_local_training(model: StagedNet, pixels: torch.Tensor, labels: torch.Tensor, names: list[str],
                              local_steps: int, local_lr: float, create_graph: bool = True) -> dict[str, torch.Tensor]:
     """The FedAvg pseudo-gradient of `local_training_update`, differentiable in `pixels`."""
-    params = dict(model.named_parameters())
-    order = list(params)
-    weights = dict(params)
-    for _ in range(local_steps):
+    # (w_0 - w_S) / (lr S) is the mean of the S steps' gradients: summed directly, with no update after the
+    # last step, it takes half the passes over the (large) weight tensors, forward and backward.
+    weights = dict(model.named_parameters())
+    order = list(weights)
+    total: dict[str, torch.Tensor] = {}
+    for step in range(local_steps):
         loss = _functional_loss(model, weights, pixels, labels)
-        grads = torch.autograd.grad(loss, [weights[n] for n in order], create_graph=create_graph)
-        weights = {n: weights[n] - local_lr * g for n, g in zip(order, grads)}
-    scale = local_lr * local_steps
-    return {n: (params[n] - weights[n]) / scale for n in names}
+        grads = dict(zip(order, torch.autograd.grad(loss, [weights[n] for n in order], create_graph=create_graph)))
+        total = {n: grads[n] if step == 0 else total[n] + grads[n] for n in names}
+        if step < local_steps - 1:
+            weights = {n: torch.add(weights[n], grads[n], alpha=-local_lr) for n in order}
+    return {n: total[n] / local_steps for n in names}
 
 
 def _functional_loss(model: StagedNet, weights: dict[str, torch.Tensor], pixels: torch.Tensor,

@@ -87,6 +87,9 @@ def check_client_settings(config: dict[str, Any]) -> None:
         if len(set(names)) != len(names):
             raise ConfigError(f"config key 'client.updates': a setting is listed twice for {arch} ({names})")
         for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
+            if "victims" in update.get("attack", {}):
+                raise ConfigError(f"config key 'client.updates': setting {setting.name} of {arch} sets attack.victims; "
+                                  "give the update's own victims key instead")
             unknown = sorted(set(update.get("defenses", [])) - set(config["defenses"]))
             if unknown:
                 raise ConfigError(f"config key 'client.updates': setting {setting.name} of {arch} lists defences "
@@ -121,14 +124,20 @@ def _check_datasets(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'datasets.{name}.root': source {source!r} needs a root folder")
 
 
-def attack_options(config: dict, arch: str, attack: str | None = None) -> dict:
-    """The options of one attack on one architecture: attack.defaults, overridden by
-    attack.per_arch.<arch>, by attack.per_attack.<attack>, and by attack.per_attack.<attack>.per_arch.<arch>."""
+def attack_options(config: dict, arch: str, attack: str | None = None, client: str | None = None) -> dict:
+    """The options of one attack on one architecture (at one client setting): attack.defaults,
+    overridden by attack.per_arch.<arch>, by attack.per_attack.<attack>, by
+    attack.per_attack.<attack>.per_arch.<arch>, then by the client setting's own `attack` options and
+    their per_attack.<attack> (an update of several images needs a longer budget than one image)."""
     section = config.get("attack", {})
     own = dict(section.get("per_attack", {}).get(attack, {})) if attack else {}
     own_per_arch = own.pop("per_arch", {})
     options = {**section.get("defaults", {}), **section.get("per_arch", {}).get(arch, {}), **own,
                **own_per_arch.get(arch, {})}
+    if client is not None:
+        setting = dict(_client_update(config, arch, client).get("attack", {}))
+        per_attack = setting.pop("per_attack", {})
+        options.update({**setting, **(per_attack.get(attack, {}) if attack else {})})
     options.pop("victims", None)
     return options
 
@@ -196,21 +205,24 @@ def _client_updates(config: dict, arch: str) -> list[dict]:
     return client.get("per_arch", {}).get(arch, {}).get("updates", client.get("updates", [{"images": 1}]))
 
 
+def _client_update(config: dict, arch: str, name: str) -> dict:
+    """The configured entry (client.updates or client.per_arch.<arch>.updates) of one swept setting."""
+    for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
+        if setting.name == name:
+            return update
+    raise ValueError(f"client setting {name!r} is not swept for {arch}")
+
+
 def client_victims(config: dict, arch: str, name: str) -> int:
     """Victims attacked per cell at one client setting: the update's own `victims`, else the
     architecture's (attack.*.victims); whole updates of them are used."""
-    for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
-        if setting.name == name:
-            return int(update.get("victims", victims_per_cell(config, arch)))
-    raise ValueError(f"client setting {name!r} is not swept for {arch}")
+    return int(_client_update(config, arch, name).get("victims", victims_per_cell(config, arch)))
 
 
 def client_defenses(config: dict, arch: str, name: str) -> list[str]:
     """The defences swept at one client setting: the update's own `defenses`, else every defence."""
-    for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
-        if setting.name == name:
-            return [d for d in config["defenses"] if d in update.get("defenses", config["defenses"])]
-    raise ValueError(f"client setting {name!r} is not swept for {arch}")
+    update = _client_update(config, arch, name)
+    return [d for d in config["defenses"] if d in update.get("defenses", config["defenses"])]
 
 
 def client_setting(config: dict, arch: str, name: str):

@@ -163,6 +163,31 @@ def test_batched_engines_equal_the_loop_on_updates_of_several_images(mnist_victi
         assert torch.allclose(results[engine][1], results["loop"][1], rtol=1e-3, atol=1e-6), engine
 
 
+@pytest.mark.parametrize("arch,precode", [("mlp", None), ("lenet", PrecodeSpec(bottleneck_size=16))])
+def test_the_vmap_engine_equals_the_loop_under_fedavg(mnist_victims, arch, precode):
+    """FedAvg's simulated local steps batched over rows with torch.func (what config/gpu.yaml runs on a GPU,
+    where the loop's launches per row dominate) compute the loop's losses and image gradients."""
+    images, labels = mnist_victims[0][:8], mnist_victims[1][:8]
+    setting = ClientSetting(4, 2, 0.1)
+    view = _updates(_model(arch, precode), images, labels, setting)
+    names = select_parameters(view.model, "all" if precode is None else "before_precode")
+    problem = dict(names=names, iterations=1, lr=0.1, tv_weight=1e-2, restarts=1, init="randn", signed=True,
+                   boxed=True, lr_decay=False, precode_code="mean", local_steps=2, local_lr=0.1)
+    x = torch.randn(2, 4, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    targets, rows, row_labels = [view.gradients[n] for n in names], torch.arange(2), labels.view(2, 4)
+    from ppp.precode import code_mode
+
+    results = {}
+    with code_mode(view.model, "mean"):
+        for engine in ("loop", "vmap"):
+            objective = GradientMatching(view.model, row_labels, targets, GradientMatchingProblem(engine=engine, **problem), x)
+            assert objective.engine == engine
+            results[engine] = objective.evaluate(x, rows, None)
+    assert torch.allclose(results["vmap"][0], results["loop"][0], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(results["vmap"][1], results["loop"][1], rtol=1e-3, atol=1e-6)
+    assert results["loop"][1].abs().sum() > 0
+
+
 def test_inverting_gradients_reconstructs_four_image_updates_of_an_undefended_mlp(mnist_victims):
     images, labels = mnist_victims[0][:8], mnist_victims[1][:8]
     view = _updates(_model(width=256), images, labels, ClientSetting(4, 1))
@@ -327,3 +352,29 @@ def test_label_inference_leaves_batchnorm_running_statistics_untouched(cifar_vic
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     infer_update_labels(model, {n: g.unsqueeze(0) for n, g in grads.items()}, 4, "llg")
     assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+
+
+def test_a_client_setting_sets_its_own_attack_budget_over_the_architectures():
+    """client.updates[].attack (and its per_attack) override the attack options at that setting only: an
+    update of several images needs a longer budget than one image."""
+    import yaml
+
+    from ppp.config import ConfigError, attack_options, validate_config
+
+    config = yaml.safe_load(open("config/config.yaml"))
+    config["client"]["per_arch"]["lenet"] = {"updates": [
+        {"images": 1}, {"images": 4, "attack": {"iterations": 10000, "per_attack": {"analytic": {"iterations": 3000}}}}]}
+    validate_config(config)
+    assert attack_options(config, "lenet", "ig", "b1s1")["iterations"] == 1000
+    assert attack_options(config, "lenet", "ig", "b4s1")["iterations"] == 10000
+    assert attack_options(config, "lenet", "ig_targeted", "b4s1")["tv_weight"] == 1e-2  # the rest: the arch's
+    assert attack_options(config, "lenet", "analytic", "b4s1")["iterations"] == 3000
+    assert attack_options(config, "lenet", "analytic", "b1s1")["iterations"] == 1000
+    with pytest.raises(ValueError, match="client setting 'b8s1' is not swept for lenet"):
+        attack_options(config, "lenet", "ig", "b8s1")
+    config["client"]["per_arch"]["lenet"]["updates"][1]["attack"]["victims"] = 8
+    with pytest.raises(ConfigError, match="setting b4s1 of lenet sets attack.victims"):
+        validate_config(config)
+    config["client"]["per_arch"]["lenet"]["updates"][1]["attack"] = {"iteration": 5}
+    with pytest.raises(ConfigError, match="iteration"):
+        validate_config(config)

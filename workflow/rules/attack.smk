@@ -51,7 +51,7 @@ for _arch, _client, _attack in [
                     )
                     for defense, sigma in _cells
                 ],
-                attack_options=attack_options(config, _arch, _attack),
+                attack_options=attack_options(config, _arch, _attack, _client),
                 model_options=config["models"].get(_arch, {}),
                 precode=precode_params(),
                 model_mode=model_mode(config, _arch),

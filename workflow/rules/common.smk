@@ -70,7 +70,7 @@ def attack_cost(arch, client, attack, cells):
     """A rough relative cost of an attack job, for Snakemake's priority: cells x victims x iterations,
     a quarter for the analytic attack (no second-order term), times the local steps (FedAvg's
     simulation)."""
-    options = attack_options(config, arch, attack)
+    options = attack_options(config, arch, attack, client)
     setting = client_setting(config, arch, client)
     share = 0.25 if attack == "analytic" else 1.0
     return int(
