@@ -251,8 +251,9 @@ class Mirror:
             self.ok, self.client, self.parent_id = False, None, None  # reconnect next pass (a restarted server)
             if not self.warned:
                 self.warned = True
-                log.warning("MLflow mirror failed (results are unaffected; the run records wait in %s/ and the "
-                            "next mirror pass logs them): %s: %s", self.records_dir, type(err).__name__, err)
+                log.warning("MLflow mirror to %s failed (results are unaffected; the run records wait in %s/ and "
+                            "the next mirror pass logs them): %s: %s", self.tracking_uri, self.records_dir,
+                            type(err).__name__, " ".join(str(err).split())[:500])
             return None
         if not self.ok:
             log.info("MLflow mirror works again; the records that waited are logged")

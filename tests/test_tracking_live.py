@@ -213,7 +213,7 @@ def test_a_pass_interrupted_after_creating_a_run_leaves_no_duplicate(tmp_path, m
         monkeypatch.setattr(MlflowClient, "log_artifact", lambda *a, **k: (_ for _ in ()).throw(OSError("killed")))
     with caplog.at_level(logging.WARNING):
         assert mirror.run() is None
-    assert "MLflow mirror failed" in caplog.text and str(records) in caplog.text
+    assert "MLflow mirror to " in caplog.text and " failed" in caplog.text and str(records) in caplog.text
     monkeypatch.undo()
     parent = mirror.run(finish="FINISHED")  # the next pass, same invocation
     client = MlflowClient(uri)
@@ -419,8 +419,9 @@ def test_a_real_mlflow_server_down_at_start_then_killed_mid_run_gets_every_recor
     server = None
     try:
         _write_records(records, 0, 2, 0)
-        _wait_for(lambda: "MLflow mirror failed" in log_path.read_text(), 60, "the warning")
-        assert f"wait in {records}/" in log_path.read_text()
+        _wait_for(lambda: "MLflow mirror to" in log_path.read_text(), 60, "the warning")
+        warning = next(line for line in log_path.read_text().splitlines() if "MLflow mirror to" in line)
+        assert f"MLflow mirror to {uri} failed" in warning and f"wait in {records}/" in warning, warning
         server = _start_mlflow_server(store, port, tmp_path / "server.log")
         client = MlflowClient(uri)
         _wait_for(lambda: _job_runs(client, "exp") == 2, 60, "the 2 waiting runs once the server is up")
@@ -435,7 +436,7 @@ def test_a_real_mlflow_server_down_at_start_then_killed_mid_run_gets_every_recor
         follower.send_signal(signal.SIGUSR1)
         assert follower.wait(timeout=60) == 0
         log_text = log_path.read_text()
-        assert log_text.count("MLflow mirror failed") == 1, log_text
+        assert log_text.count("MLflow mirror to") == 1, log_text
         jobs = assert_each_record_is_one_nested_run(client, records, "exp")
         assert len(jobs) == 7
     finally:
