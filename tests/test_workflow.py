@@ -106,6 +106,9 @@ def test_every_job_is_an_mlflow_run_nested_under_the_invocation(finished_run):
     assert len(attack_runs) == 22 and all("wildcard.client" in r.data.tags for r in attack_runs)
     assert {r.data.params["images_per_update"] for r in attack_runs} == {"1", "2"}
     assert {r.data.params["attack"] for r in attack_runs} == {"ig", "ig_targeted", "latent", "analytic"}
+    # A client setting's own attack budget (config/test.yaml: 12 iterations under FedAvg, 20 elsewhere).
+    assert {(r.data.params["images_per_update"], r.data.params["attack_options.iterations"]) for r in attack_runs
+            if r.data.params["attack"] == "ig"} == {("1", "20"), ("2", "12")}
     assert all(r.info.status == "FINISHED" for r in runs)
     # Each attack run carries its own cell's quality (attached by the evaluate job), equal to the table's.
     recon = pd.read_csv(workdir / "results" / "tables" / "reconstructions.csv")
