@@ -165,12 +165,13 @@ def functional_update(model: StagedNet, weights: dict[str, torch.Tensor], pixels
     def loss_of(current):
         return _functional_loss(model, current, pixels, labels)
 
-    current = dict(weights)
-    for _ in range(local_steps):
+    current, total = dict(weights), {}
+    for index in range(local_steps):  # as simulated_local_training: the mean of the steps' gradients
         step = grad(loss_of)(current)
-        current = {n: current[n] - local_lr * step[n] for n in current}
-    scale = local_lr * local_steps
-    return {n: (weights[n] - current[n]) / scale for n in names}
+        total = {n: step[n] if index == 0 else total[n] + step[n] for n in names}
+        if index < local_steps - 1:
+            current = {n: current[n] - local_lr * step[n] for n in current}
+    return {n: total[n] / local_steps for n in names}
 
 
 def dpsgd_epsilon(noise_multiplier: float, steps: int, delta: float, sample_rate: float = 1.0) -> float:

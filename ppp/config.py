@@ -87,7 +87,8 @@ def check_client_settings(config: dict[str, Any]) -> None:
         if len(set(names)) != len(names):
             raise ConfigError(f"config key 'client.updates': a setting is listed twice for {arch} ({names})")
         for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
-            if "victims" in update.get("attack", {}):
+            own_attack = update.get("attack", {})
+            if "victims" in own_attack or any("victims" in o for o in own_attack.get("per_attack", {}).values()):
                 raise ConfigError(f"config key 'client.updates': setting {setting.name} of {arch} sets attack.victims; "
                                   "give the update's own victims key instead")
             unknown = sorted(set(update.get("defenses", [])) - set(config["defenses"]))

@@ -372,9 +372,16 @@ def test_a_client_setting_sets_its_own_attack_budget_over_the_architectures():
     assert attack_options(config, "lenet", "analytic", "b1s1")["iterations"] == 1000
     with pytest.raises(ValueError, match="client setting 'b8s1' is not swept for lenet"):
         attack_options(config, "lenet", "ig", "b8s1")
-    config["client"]["per_arch"]["lenet"]["updates"][1]["attack"]["victims"] = 8
+    own = config["client"]["per_arch"]["lenet"]["updates"][1]
+    own["attack"]["per_attack"]["ig"] = {"victims": 8}
     with pytest.raises(ConfigError, match="setting b4s1 of lenet sets attack.victims"):
         validate_config(config)
-    config["client"]["per_arch"]["lenet"]["updates"][1]["attack"] = {"iteration": 5}
+    own["attack"] = {"victims": 8}
+    with pytest.raises(ConfigError, match="setting b4s1 of lenet sets attack.victims"):
+        validate_config(config)
+    own["attack"] = {"iteration": 5}
     with pytest.raises(ConfigError, match="iteration"):
+        validate_config(config)
+    own["attack"] = {"iterations": 0}  # a bad value is named as such, not as an unknown key
+    with pytest.raises(ConfigError, match="0 is less than the minimum of 1"):
         validate_config(config)
