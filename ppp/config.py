@@ -206,12 +206,17 @@ def _client_updates(config: dict, arch: str) -> list[dict]:
     return client.get("per_arch", {}).get(arch, {}).get("updates", client.get("updates", [{"images": 1}]))
 
 
-def _client_update(config: dict, arch: str, name: str) -> dict:
-    """The configured entry (client.updates or client.per_arch.<arch>.updates) of one swept setting."""
+def _swept_setting(config: dict, arch: str, name: str) -> tuple:
+    """One swept setting of an architecture, named by the workflow's wildcard (b<images>s<steps>): its
+    ClientSetting and its configured entry (client.updates or client.per_arch.<arch>.updates)."""
     for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
         if setting.name == name:
-            return update
+            return setting, update
     raise ValueError(f"client setting {name!r} is not swept for {arch}")
+
+
+def _client_update(config: dict, arch: str, name: str) -> dict:
+    return _swept_setting(config, arch, name)[1]
 
 
 def client_victims(config: dict, arch: str, name: str) -> int:
@@ -228,10 +233,7 @@ def client_defenses(config: dict, arch: str, name: str) -> list[str]:
 
 def client_setting(config: dict, arch: str, name: str):
     """The swept setting of one architecture named by the workflow's wildcard (b<images>s<steps>)."""
-    for setting in client_settings(config, arch):
-        if setting.name == name:
-            return setting
-    raise ValueError(f"client setting {name!r} is not swept for {arch}")
+    return _swept_setting(config, arch, name)[0]
 
 
 def server_knows(config: dict, key: str) -> bool:
