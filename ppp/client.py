@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.func import functional_call
@@ -135,17 +136,27 @@ def simulated_update(model: StagedNet, pixels: torch.Tensor, labels: torch.Tenso
 def simulated_local_training(model: StagedNet, pixels: torch.Tensor, labels: torch.Tensor, names: list[str],
                              local_steps: int, local_lr: float, create_graph: bool = True) -> dict[str, torch.Tensor]:
     """The FedAvg pseudo-gradient of `local_training_update`, differentiable in `pixels`."""
-    # (w_0 - w_S) / (lr S) is the mean of the S steps' gradients: summed directly, with no update after the
-    # last step, it takes half the passes over the (large) weight tensors, forward and backward.
     weights = dict(model.named_parameters())
     order = list(weights)
+
+    def step_gradients(current):
+        loss = _functional_loss(model, current, pixels, labels)
+        return dict(zip(order, torch.autograd.grad(loss, [current[n] for n in order], create_graph=create_graph)))
+
+    return _mean_step_gradient(step_gradients, weights, names, local_steps, local_lr)
+
+
+def _mean_step_gradient(step_gradients: Callable[[dict], dict], weights: dict[str, torch.Tensor], names: list[str],
+                        local_steps: int, local_lr: float) -> dict[str, torch.Tensor]:
+    """(w_0 - w_S) / (lr S), the FedAvg pseudo-gradient, as the mean of the S steps' gradients: summed
+    directly, with no update after the last step, it takes half the passes over the (large) weight tensors
+    that differencing the weights does, forward and backward."""
     total: dict[str, torch.Tensor] = {}
     for step in range(local_steps):
-        loss = _functional_loss(model, weights, pixels, labels)
-        grads = dict(zip(order, torch.autograd.grad(loss, [weights[n] for n in order], create_graph=create_graph)))
+        grads = step_gradients(weights)
         total = {n: grads[n] if step == 0 else total[n] + grads[n] for n in names}
         if step < local_steps - 1:
-            weights = {n: torch.add(weights[n], grads[n], alpha=-local_lr) for n in order}
+            weights = {n: torch.add(w, grads[n], alpha=-local_lr) for n, w in weights.items()}
     return {n: total[n] / local_steps for n in names}
 
 
@@ -165,13 +176,7 @@ def functional_update(model: StagedNet, weights: dict[str, torch.Tensor], pixels
     def loss_of(current):
         return _functional_loss(model, current, pixels, labels)
 
-    current, total = dict(weights), {}
-    for index in range(local_steps):  # as simulated_local_training: the mean of the steps' gradients
-        step = grad(loss_of)(current)
-        total = {n: step[n] if index == 0 else total[n] + step[n] for n in names}
-        if index < local_steps - 1:
-            current = {n: current[n] - local_lr * step[n] for n in current}
-    return {n: total[n] / local_steps for n in names}
+    return _mean_step_gradient(grad(loss_of), dict(weights), names, local_steps, local_lr)
 
 
 def dpsgd_epsilon(noise_multiplier: float, steps: int, delta: float, sample_rate: float = 1.0) -> float:
