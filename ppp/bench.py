@@ -90,8 +90,16 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
     device = resolve_device(args["device"])
     facts = DATASETS[args["dataset"]]
     settings = preset_settings(args["config"] or REPO_ROOT / "config" / "config.yaml", args["arch"], args)
-    path = args["victims_file"] or REPO_ROOT / "data" / "victims" / VICTIM_FILES[args["dataset"]]
-    images, labels = load_victims(path, args["dataset"], 32)
+    if args.get("victim_draw") is not None:
+        # As the workflow's `victims: draw`: a class-balanced draw from the bundled test split.
+        from ppp.data import draw_victims, load_split, resize_uint8, to_float
+        split = load_split(args["dataset"], {"source": "bundled"}, train=False)
+        chosen = draw_victims(split.labels, args["victims"], args["victim_draw"], facts["num_classes"],
+                              args["draw_seed"], args["dataset"])
+        images, labels = to_float(resize_uint8(split.images[chosen], 32)), split.labels[chosen].long()
+    else:
+        path = args["victims_file"] or REPO_ROOT / "data" / "victims" / VICTIM_FILES[args["dataset"]]
+        images, labels = load_victims(path, args["dataset"], 32)
     first = args["first_victim"]
     images, labels = images[first: first + args["victims"]], labels[first: first + args["victims"]]
     defense = build_defense(args["defense"], args["sigma"], **settings["noise"])
@@ -131,9 +139,11 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
+        half_images = None
         if mode == "batched":
             result = attack(view_of(slice(None)), seed=args["seed"])
             reconstructions, engine, used_labels = result.images, result.engine, result.labels
+            half_images = result.images_half
         else:
             results = [attack(view_of(slice(u, u + 1)), seed=args["seed"], victim_ids=[u])
                        for u in range(len(updates))]
@@ -147,6 +157,12 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
         for members in updates:
             order = match_reconstructions(images[members], reconstructions[members])
             quality += [image_metrics(images[i], reconstructions[members[order[k]]]) for k, i in enumerate(members)]
+        half_ssim = []
+        if half_images is not None:
+            for members in updates:
+                order = match_reconstructions(images[members], half_images[members])
+                half_ssim += [image_metrics(images[i], half_images[members[order[k]]])["ssim"]
+                              for k, i in enumerate(members)]
         n = images.shape[0]
         psnr = torch.tensor([q["psnr"] for q in quality])
         ssim = torch.tensor([q["ssim"] for q in quality])
@@ -171,6 +187,8 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             peak_memory_mb=round(peak_memory_mb(device), 1),
             mean_psnr=round(float(psnr.mean()), 3), median_psnr=round(float(psnr.median()), 3),
             mean_ssim=round(float(ssim.mean()), 4), median_ssim=round(float(ssim.median()), 4),
+            median_ssim_half_budget=round(float(torch.tensor(half_ssim).median()), 4) if half_ssim else None,
+            victim_draw=args.get("victim_draw"), ssim_per_image=[round(float(v), 4) for v in ssim],
             batch_size=args["batch_size"], torch=torch.__version__))
     return lines
 
@@ -224,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--victims-file", default=None, help="a victim .npz (default: the authors' set)")
+    parser.add_argument("--victim-draw", type=int, default=None,
+                        help="attack draw k of class-balanced victims from the bundled test split (the workflow's "
+                             "victims: draw with victim_draw k; --victims of them) instead of a victim file")
+    parser.add_argument("--draw-seed", type=int, default=0, help="the base seed of the draw (the config's seed)")
     args = vars(parser.parse_args(argv))
     from ppp.attacks.registry import attack_needs_precode
     from ppp.defenses import DEFENSES

@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from ppp.io import ArtifactError, load_npz
+from ppp.seeding import derive_seed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DIR = REPO_ROOT / "data" / "bundled"
@@ -233,3 +234,36 @@ def load_victims(path: str | Path, dataset: str, image_size: int,
     else:
         raise ArtifactError(f"{path}: images must be uint8 or float, got {images.dtype}")
     return floats.contiguous(), torch.from_numpy(labels.astype(np.int64))
+
+
+# `datasets.<name>.victims: draw`: the victims are drawn from the dataset's own test split.
+VICTIMS_DRAWN = "draw"
+
+
+def draw_victims(labels: torch.Tensor, count: int, draw: int, num_classes: int, base_seed: int = 0,
+                 dataset: str = "") -> torch.Tensor:
+    """Indices of `count` victims from a split with `labels`, balanced over classes and seeded.
+
+    Each class's examples are shuffled once by (`base_seed`, `dataset`), then cut into consecutive
+    blocks of ceil(count / classes): draw k takes block k of every class, so different draws never share
+    an image. The victims are ordered class by class in turn (0, 1, ..., 9, 0, 1, ...), so any prefix is
+    balanced and an update of up to `num_classes` consecutive victims has distinct labels."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    if draw < 0:
+        raise ValueError(f"the victim draw must be >= 0, got {draw}")
+    per_class = -(-count // num_classes)
+    gen = torch.Generator().manual_seed(derive_seed(base_seed, "victims", dataset))
+    blocks = []
+    for c in range(num_classes):
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=gen)]
+        block = members[draw * per_class:(draw + 1) * per_class]
+        blocks.append(block)
+    depth = max(len(b) for b in blocks)
+    order = [b[i] for i in range(depth) for b in blocks if i < len(b)]
+    if len(order) < count:
+        raise ArtifactError(f"draw {draw} of {count} victims needs {per_class} test images per class after "
+                            f"{draw * per_class} per class for earlier draws; the test split has too few "
+                            f"(smallest class: {min(int((labels == c).sum()) for c in range(num_classes))})")
+    return torch.stack(order[:count])

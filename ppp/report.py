@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -11,14 +10,16 @@ import pandas as pd
 import torch
 
 from ppp.io import atomic_path, read_json
+from ppp.verdicts import Thresholds, at_most, paired_accuracy_drop  # noqa: F401 (re-exported)
 
 # A cell: what was attacked (dataset, model, the client's update: images per update and local steps, the
 # defence and its sigma, the model state) and by which attack.
 CLIENT = ["batch_size", "local_steps"]
 CELL = ["dataset", "arch", *CLIENT, "defense", "noise_scale", "attack", "model_state"]
 DEFENSE_CELL = ["dataset", "arch", *CLIENT, "defense", "noise_scale", "model_state"]
+# lpips: empty where off; ssim_half: SSIM of the attack's best iterate at half its budget (convergence)
 RECONSTRUCTION_COLUMNS = CELL + ["victim", "update_id", "label", "label_accuracy", "mse", "psnr", "ssim",
-                                 "lpips"]  # lpips: empty where off
+                                 "lpips", "ssim_half"]
 BOOTSTRAP_RESAMPLES = 2000
 UTILITY_COLUMNS = ["dataset", "arch", "defense", "noise_scale", "test_accuracy", "test_accuracy_ci95",
                    "test_examples", "epsilon", "delta", "test_accuracy_per_epoch"]
@@ -61,15 +62,14 @@ def collect_utility(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, dict[tup
     return frame.sort_values(MODEL_CELL, kind="stable").reset_index(drop=True), correct
 
 
-def paired_accuracy_drop(reference: np.ndarray | None, other: np.ndarray | None) -> tuple[float, float, float]:
-    """Accuracy of `reference` minus that of `other` on the same test examples, with a 95% interval from
-    the per-example differences (paired, so it is far tighter than two separate intervals)."""
-    if reference is None or other is None or len(reference) != len(other) or not len(reference):
-        return float("nan"), float("nan"), float("nan")
-    differences = reference - other
-    mean = float(differences.mean())
-    half = 1.96 * float(differences.std(ddof=1)) / np.sqrt(len(differences)) if len(differences) > 1 else 0.0
-    return mean, mean - half, mean + half
+def learning_curves(utility: pd.DataFrame) -> dict[tuple, list[float]]:
+    """The undefended model's test accuracy per epoch, per (dataset, arch): what ppp.verdicts reads to
+    decide whether accuracy claims are judged (a model still learning is not)."""
+    curves = {}
+    for _, row in utility[(utility.defense == "none") & (utility.noise_scale == 0)].iterrows():
+        text = row.test_accuracy_per_epoch if isinstance(row.test_accuracy_per_epoch, str) else ""
+        curves[(row.dataset, row.arch)] = [float(a) for a in text.split(";") if a]
+    return curves
 
 
 def bootstrap_median_interval(values: np.ndarray, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -133,30 +133,35 @@ def strongest_attacks(summary: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def worst_case(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: "Verdicts") -> pd.DataFrame:
+def worst_case(summary: pd.DataFrame, verdict_table: pd.DataFrame) -> pd.DataFrame:
     """One row per defence cell: the strongest attack and its quality, whether the cell is protected
-    (every attack fails: the strongest one's median SSIM below `success_ssim` and its median PSNR at
-    least `margin_db` below IG's on the undefended model), and the test accuracy with its paired drop
-    against the undefended model."""
+    (ppp.verdicts: holds, fails or undecided, with the strongest attack's median SSIM interval and the
+    paired interval of its PSNR gap to IG on the undefended model), and the test accuracy with its
+    paired drop against the undefended model and whether that drop is within `max_accuracy_drop`."""
     strongest = strongest_attacks(summary)
     reference = summary[(summary.defense == "none") & (summary.attack == "ig")].set_index(
         ["dataset", "arch", *CLIENT, "model_state"]).psnr_median
     accuracy = summary.groupby(MODEL_CELL, sort=False).test_accuracy.first()
     epsilon = summary.groupby(MODEL_CELL, sort=False).epsilon.first() if "epsilon" in summary else pd.Series(dtype=float)
+    protects = verdict_table[verdict_table.claim == "protects"].set_index(DEFENSE_CELL) if len(verdict_table) else None
     rows = []
     for _, cell in strongest.iterrows():
         ref = reference.get((cell.dataset, cell.arch, cell.batch_size, cell.local_steps, cell.model_state),
                             float("nan"))
-        drop, low, high = paired_accuracy_drop(correct.get((cell.dataset, cell.arch, "none", 0.0)),
-                                               correct.get((cell.dataset, cell.arch, cell.defense, cell.noise_scale)))
-        rows.append(dict(
-            cell.to_dict(), psnr_ig_none=ref,
-            protected=bool(cell.defense != "none" and cell.strongest_ssim_median < verdicts.success_ssim
-                           and ref - cell.strongest_psnr_median >= verdicts.margin_db),
-            test_accuracy=accuracy.get((cell.dataset, cell.arch, cell.defense, cell.noise_scale), float("nan")),
-            epsilon=epsilon.get((cell.dataset, cell.arch, cell.defense, cell.noise_scale), float("nan")),
-            acc_drop=drop, acc_drop_ci_low=low, acc_drop_ci_high=high,
-            within_accuracy=bool(drop <= verdicts.max_accuracy_drop)))
+        key = tuple(cell[k] for k in DEFENSE_CELL)
+        verdict = protects.loc[key] if protects is not None and key in protects.index else None
+        row = dict(cell.to_dict(), psnr_ig_none=ref,
+                   protected=verdict.verdict if verdict is not None else ("fails" if cell.defense == "none" else ""),
+                   test_accuracy=accuracy.get((cell.dataset, cell.arch, cell.defense, cell.noise_scale), float("nan")),
+                   epsilon=epsilon.get((cell.dataset, cell.arch, cell.defense, cell.noise_scale), float("nan")))
+        for column in ("ci_low", "ci_high", "psnr_gap_db", "psnr_gap_ci_low", "psnr_gap_ci_high", "converged",
+                       "acc_drop", "acc_drop_ci_low", "acc_drop_ci_high"):
+            name = f"strongest_ssim_median_{column}" if column.startswith("ci_") else column
+            row[name] = verdict[column] if verdict is not None else float("nan")
+        drop = (row["acc_drop_ci_low"], row["acc_drop_ci_high"])
+        row["within_accuracy"] = at_most(*drop, verdict_thresholds(verdict_table).max_accuracy_drop) \
+            if np.isfinite(drop[0]) else ""
+        rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -164,6 +169,11 @@ def worst_case(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts
     frame["_order"] = frame.defense.map(lambda d: order.get(d, len(order)))
     return (frame.sort_values(["dataset", "arch", "model_state", *CLIENT, "_order", "noise_scale"], kind="stable")
             .drop(columns="_order").reset_index(drop=True))
+
+
+def verdict_thresholds(verdict_table: pd.DataFrame) -> Thresholds:
+    """The thresholds a verdict table was judged with (kept in its attrs by ppp.verdicts.judge)."""
+    return verdict_table.attrs.get("thresholds", Thresholds())
 
 
 def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
@@ -280,31 +290,23 @@ def reconstruction_grid(originals: torch.Tensor, rows: Sequence[tuple[str, torch
     plt.close(fig)
 
 
-@dataclass(frozen=True)
-class Verdicts:
-    """When an attack counts as working or failing on a cell, from the medians over its victims.
-
-    An attack works when its median SSIM reaches `success_ssim`; a defence protects when the strongest
-    attack on it stays below `success_ssim` and at least `margin_db` below the PSNR that Inverting
-    Gradients reaches on the undefended model. The accuracy claim holds when the undefended model's test
-    accuracy exceeds the defended one's by at most `max_accuracy_drop`."""
-
-    success_ssim: float = 0.5
-    margin_db: float = 6.0
-    max_accuracy_drop: float = 0.03
-
-
-def findings(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: Verdicts) -> pd.DataFrame:
-    """One row per dataset x architecture x model state x client setting (images per update, local steps): the medians each claim of the paper rests on,
-    the smallest protecting noise scale of full noise and of each PPP variant (every attack tried there
-    fails), the accuracies there, and a verdict per claim (F1: IG reconstructs the undefended model; F2:
-    IG fails on PRECODE while the targeted attack succeeds; F3: the paper's PPP at some sigma of the grid
-    defeats every attack, where some attack breaks PRECODE; F4: PPP at that sigma keeps test accuracy
-    within `max_accuracy_drop` of the undefended model). `ppp_variants_protecting` lists every PPP
-    variant that protects at some sigma within that accuracy."""
+def findings(summary: pd.DataFrame, verdict_table: pd.DataFrame) -> pd.DataFrame:
+    """One row per dataset x architecture x model state x client setting: the medians each claim of the
+    paper rests on, the smallest sigma at which full noise and each PPP variant protect (the "protects"
+    verdict holds), the accuracies there, and the three-valued verdict of each claim from
+    `verdict_table` (ppp.verdicts.judge: F1 IG reconstructs the undefended model; F2 IG fails on
+    PRECODE while the targeted attack succeeds; F3 the paper's PPP at some sigma defeats every attack,
+    where some attack breaks PRECODE; F4 PPP at that sigma keeps test accuracy within
+    `max_accuracy_drop`). `ppp_variants_protecting` lists every PPP variant that protects at some sigma
+    with its accuracy drop decidedly within bounds, where PRECODE is broken."""
     rows = []
-    groups = summary.groupby(["dataset", "arch", "model_state", *CLIENT], sort=False)
-    for (dataset, arch, state, batch_size, local_steps), cell in groups:
+    setting_keys = ["dataset", "arch", "model_state", *CLIENT]
+    claims = verdict_table.set_index([*setting_keys, "claim"]) if len(verdict_table) else None
+    protects = verdict_table[verdict_table.claim == "protects"]
+    groups = summary.groupby(setting_keys, sort=False)
+    for key, cell in groups:
+        dataset, arch, state, batch_size, local_steps = key
+
         def median(defense, attack, column="psnr_median", sigma=0.0):
             sel = cell[(cell.defense == defense) & (cell.attack == attack) & np.isclose(cell.noise_scale, sigma)]
             return float(sel[column].iloc[0]) if len(sel) else float("nan")
@@ -319,58 +321,61 @@ def findings(summary: pd.DataFrame, correct: dict[tuple, np.ndarray], verdicts: 
                 return None
             return at.sort_values(["ssim_median", "psnr_median"], ascending=False, kind="stable").iloc[0]
 
-        reference_psnr = median("none", "ig")
+        def claim(name):
+            if claims is None or (*key, name) not in claims.index:
+                return ""
+            return claims.loc[(*key, name)].verdict
+
+        here = protects[(protects.dataset == dataset) & (protects.arch == arch) & (protects.model_state == state)
+                        & (protects.batch_size == batch_size) & (protects.local_steps == local_steps)]
         on_precode = strongest("precode")
         row = dict(dataset=dataset, arch=arch, model_state=state, batch_size=batch_size, local_steps=local_steps,
-                   psnr_ig_none=reference_psnr, ssim_ig_none=median("none", "ig", "ssim_median"),
+                   psnr_ig_none=median("none", "ig"), ssim_ig_none=median("none", "ig", "ssim_median"),
                    psnr_ig_precode=median("precode", "ig"), ssim_ig_precode=median("precode", "ig", "ssim_median"),
                    psnr_targeted_precode=median("precode", "ig_targeted"),
                    ssim_targeted_precode=median("precode", "ig_targeted", "ssim_median"),
                    strongest_attack_precode=on_precode.attack if on_precode is not None else "",
                    psnr_strongest_precode=float(on_precode.psnr_median) if on_precode is not None else float("nan"),
                    ssim_strongest_precode=float(on_precode.ssim_median) if on_precode is not None else float("nan"))
+        precode_broken = bool(on_precode is not None
+                              and on_precode.ssim_median >= verdict_thresholds(verdict_table).success_ssim)
         variants_ok = []
         for defense in ["noise"] + PPP_VARIANTS:
-            noisy = cell[cell.defense == defense]
-            if defense != "noise" and defense != "ppp" and not len(noisy):
+            noisy = here[here.defense == defense].sort_values("noise_scale")
+            if defense not in ("noise", "ppp") and not len(noisy):
                 continue  # a PPP variant the config does not run
-            protecting, strongest_at = float("nan"), None
-            for sigma in sorted(noisy.noise_scale.unique()):
-                top = strongest(defense, sigma)
-                strongest_at = (sigma, top)
-                if (top.ssim_median < verdicts.success_ssim
-                        and reference_psnr - top.psnr_median >= verdicts.margin_db):
-                    protecting = sigma
-                    break
+            holding = noisy[noisy.verdict == "holds"]
+            protecting = float(holding.noise_scale.iloc[0]) if len(holding) else float("nan")
+            shown = holding.iloc[0] if len(holding) else (noisy.iloc[-1] if len(noisy) else None)
+            shown_sigma = float(shown.noise_scale) if shown is not None else float("nan")
+            top = strongest(defense, shown_sigma) if shown is not None else None
             row[f"{defense}_protecting_sigma"] = protecting
-            # At the protecting sigma, or (none protects) at the largest sigma of the grid.
-            shown_sigma, shown = strongest_at if strongest_at else (float("nan"), None)
             row[f"{defense}_sigma_shown"] = shown_sigma
-            row[f"{defense}_strongest_attack"] = shown.attack if shown is not None else ""
-            row[f"psnr_strongest_{defense}"] = float(shown.psnr_median) if shown is not None else float("nan")
-            row[f"ssim_strongest_{defense}"] = float(shown.ssim_median) if shown is not None else float("nan")
+            row[f"{defense}_protects_at_shown"] = shown.verdict if shown is not None else ""
+            row[f"{defense}_strongest_attack"] = top.attack if top is not None else ""
+            row[f"psnr_strongest_{defense}"] = float(top.psnr_median) if top is not None else float("nan")
+            row[f"ssim_strongest_{defense}"] = float(top.ssim_median) if top is not None else float("nan")
             row[f"acc_{defense}"] = accuracy(defense, shown_sigma)
-            drop, low, high = paired_accuracy_drop(correct.get((dataset, arch, "none", 0.0)),
-                                                   correct.get((dataset, arch, defense, shown_sigma)))
-            row[f"acc_drop_{defense}"], row[f"acc_drop_{defense}_ci_low"], row[f"acc_drop_{defense}_ci_high"] = drop, low, high
-            if defense in PPP_VARIANTS and np.isfinite(protecting) and drop <= verdicts.max_accuracy_drop:
+            for column in ("", "_ci_low", "_ci_high"):
+                row[f"acc_drop_{defense}{column}"] = float(shown[f"acc_drop{column}"]) if shown is not None \
+                    else float("nan")
+            if defense in PPP_VARIANTS and shown is not None and shown.verdict == "holds" \
+                    and np.isfinite(shown.acc_drop_ci_high) \
+                    and shown.acc_drop_ci_high <= verdict_thresholds(verdict_table).max_accuracy_drop:
                 variants_ok.append(f"{defense}@{protecting:g}")
         row.update(acc_none=accuracy("none"), acc_precode=accuracy("precode"))
-        works = row["ssim_ig_none"] >= verdicts.success_ssim
-        # PPP's protection means something only where some attack breaks PRECODE (else there is
-        # nothing to defeat); its accuracy and its noise against full noise are read only there.
-        precode_broken = row["ssim_strongest_precode"] >= verdicts.success_ssim
-        ppp_defeats = bool(np.isfinite(row["ppp_protecting_sigma"]) and precode_broken)
+        f3 = claim("F3")
+        less_noise = ""
+        if f3:
+            noise_sigma, ppp_sigma = row["noise_protecting_sigma"], row["ppp_protecting_sigma"]
+            less_noise = ("fails" if f3 == "fails" else "undecided" if f3 == "undecided"
+                          else "holds" if not noise_sigma <= ppp_sigma else "fails")
         row.update(
-            F1_ig_leaks_undefended=bool(works),
-            F2_targeted_breaks_precode_ig_does_not=bool(
-                row["ssim_ig_precode"] < verdicts.success_ssim
-                and row["ssim_targeted_precode"] >= verdicts.success_ssim
-                and row["psnr_targeted_precode"] - row["psnr_ig_precode"] >= verdicts.margin_db),
-            F3_ppp_defeats_every_attack=ppp_defeats,
-            F4_ppp_keeps_accuracy=bool(ppp_defeats and row["acc_drop_ppp"] <= verdicts.max_accuracy_drop),
-            ppp_needs_less_noise=bool(ppp_defeats and works
-                                      and not row["noise_protecting_sigma"] <= row["ppp_protecting_sigma"]),
+            F1_ig_leaks_undefended=claim("F1"),
+            F2_targeted_breaks_precode_ig_does_not=claim("F2"),
+            F3_ppp_defeats_every_attack=f3,
+            F4_ppp_keeps_accuracy=claim("F4"),
+            ppp_needs_less_noise=less_noise,
             ppp_variants_protecting=";".join(variants_ok) if precode_broken else "",
         )
         rows.append(row)

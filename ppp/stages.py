@@ -73,11 +73,21 @@ def prepare_data(dataset: str, options: dict, seed: int, out_train: str, out_tes
 
 
 def prepare_victims(dataset: str, path: str, image_size: int, count: int, out: str,
-                    facts: dict | None = None) -> dict:
+                    facts: dict | None = None, draw: int | None = None, base_seed: int = 0) -> dict:
+    """The victims every cell attacks: the first `count` of a victim file (`path` an .npz), or, with
+    `draw`, a class-balanced seeded draw from the prepared test split (`path` its safetensors)."""
+    digest = sha256(path)
+    if draw is not None:
+        images, labels = load_split_tensors(path)
+        num_classes = int((facts or {}).get("num_classes", int(labels.max()) + 1))
+        chosen = data_lib.draw_victims(labels, count, draw, num_classes, base_seed, dataset)
+        save_tensors(out, {"images": images[chosen], "labels": labels[chosen], "test_index": chosen},
+                     metadata={"source": str(path), "source_sha256": digest, "draw": str(draw)})
+        return {"victims": count, "source": str(path), "sha256": digest, "draw": draw,
+                "labels": [int(v) for v in labels[chosen]]}
     images, labels = data_lib.load_victims(path, dataset, image_size, facts)
     if images.shape[0] < count:
         raise ArtifactError(f"{path}: has {images.shape[0]} victims, the config asks for {count}")
-    digest = sha256(path)
     save_tensors(out, {"images": images[:count], "labels": labels[:count]},
                  metadata={"source": str(path), "source_sha256": digest})
     return {"victims": count, "source": str(path), "sha256": digest}
@@ -271,9 +281,11 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
         for k, i in enumerate(members):
             lo, hi = bounds[k], bounds[k + 1]
             images = result.images[lo * per_update: hi * per_update]
-            save_tensors(cells[i].out, {"images": images, "labels": result.labels[lo * per_update: hi * per_update],
-                                        "gradient_loss": result.gradient_loss[lo:hi],
-                                        "restart_losses": result.restart_losses[lo:hi]},
+            tensors = {"images": images, "labels": result.labels[lo * per_update: hi * per_update],
+                       "gradient_loss": result.gradient_loss[lo:hi], "restart_losses": result.restart_losses[lo:hi]}
+            if result.images_half is not None:
+                tensors["images_half"] = result.images_half[lo * per_update: hi * per_update]
+            save_tensors(cells[i].out, tensors,
                          metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}",
                                    "engine": str(result.engine), "images_per_update": str(setting.images),
                                    "local_steps": str(setting.local_steps), "labels": attack.labels,
@@ -380,18 +392,26 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
         true_labels = victims["labels"][:recon.shape[0]]
         accuracy = label_accuracy(used_labels, true_labels, group) if bool((used_labels >= 0).all()) \
             else torch.full((recon.shape[0] // group,), float("nan"), dtype=torch.float64)
+        half = loaded.get("images_half")
+        if half is not None and half.shape != recon.shape:
+            raise ArtifactError(f"{path}: images_half {tuple(half.shape)} differ from images {tuple(recon.shape)}")
         matched = torch.empty_like(recon)
         cell_rows = []
         for u in range(recon.shape[0] // group):
             members = list(range(u * group, (u + 1) * group))
             order = match_reconstructions(victims["images"][members], recon[members])
+            # The half-budget iterate is matched on its own: its images may sit in another order.
+            order_half = match_reconstructions(victims["images"][members], half[members]) if half is not None else None
             for slot, i in enumerate(members):
                 image = recon[u * group + order[slot]]
                 matched[i] = image
+                ssim_half = float("nan") if half is None else image_metrics(
+                    victims["images"][i], half[u * group + order_half[slot]])["ssim"]
                 cell_rows.append(dict(cell, victim=i, update_id=u, label=int(victims["labels"][i]),
                                       label_accuracy=float(accuracy[u]),
                                       **image_metrics(victims["images"][i], image),
-                                      lpips=lpips(victims["images"][i], image) if lpips else float("nan")))
+                                      lpips=lpips(victims["images"][i], image) if lpips else float("nan"),
+                                      ssim_half=ssim_half))
         rows += cell_rows
         key = f"{cell['attack']}.{cell['defense']}.{cell['noise_scale']:g}"
         if (group, cell["local_steps"]) != (1, 1):

@@ -108,6 +108,7 @@ class JobRecord:
         self.artifacts: list[tuple[str, str | None]] = []
         self.inputs: list[dict] = []  # datasets the job read (MLflow run inputs)
         self.attachments: list[dict] = []  # metrics for another job's run (the evaluate job's per-cell quality)
+        self.parent: dict = dict(artifacts=[], tables=[], metrics={})  # for the invocation's parent run
         self.start_ms = int(time.time() * 1000)
 
     def __enter__(self) -> "JobRecord":
@@ -133,12 +134,23 @@ class JobRecord:
         self.attachments.append(dict(run_name=run_name, metrics={k: float(v) for k, v in metrics.items()},
                                      timestamp=int(time.time() * 1000)))
 
+    def log_parent_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """A file for the invocation's parent run (the study's answer: its verdict table)."""
+        self.parent["artifacts"].append((str(Path(path).resolve()), artifact_path))
+
+    def log_parent_table(self, csv_path: str | os.PathLike, artifact_file: str) -> None:
+        """A CSV shown as a table on the parent run (MLflow's log_table, a JSON artifact its UI renders)."""
+        self.parent["tables"].append((str(Path(csv_path).resolve()), artifact_file))
+
+    def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
+        self.parent["metrics"].update({k: float(v) for k, v in metrics.items()})
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.path is None:
             return
         record = dict(record_id=uuid.uuid4().hex, run_name=self.run_name, tags=self.tags, params=self.params,
                       metrics=self.metrics, artifacts=self.artifacts, inputs=self.inputs,
-                      attachments=self.attachments, start_ms=self.start_ms,
+                      attachments=self.attachments, parent=self.parent, start_ms=self.start_ms,
                       end_ms=int(time.time() * 1000), status="FAILED" if exc_type else "FINISHED")
         try:
             _write_json(self.path, record)
@@ -273,6 +285,7 @@ class Mirror:
         mirrored = self._ledger()
         for record in pending:
             self._attach(record)
+            self._to_parent(record, parent)
             mirrored.add(record["record_id"])
             _write_json(self.ledger_path, sorted(mirrored))
         if finish and parent:
@@ -336,6 +349,23 @@ class Mirror:
                     client.log_artifact(run_id, path, artifact_path)
             client.set_terminated(run_id, status=record["status"], end_time=record["end_ms"])
         return run_id
+
+    def _to_parent(self, record: dict, parent: str) -> None:
+        """What a record leaves for the parent run. Logged again after an interrupted pass: an artifact
+        or table overwrites itself, and MLflow keeps one copy of an identical metric."""
+        import pandas as pd
+        from mlflow.entities import Metric
+
+        own = record.get("parent") or {}
+        for path, artifact_path in own.get("artifacts", []):
+            if Path(path).exists():
+                self.client.log_artifact(parent, path, artifact_path)
+        for path, artifact_file in own.get("tables", []):
+            if Path(path).exists():
+                self.client.log_table(parent, data=pd.read_csv(path), artifact_file=artifact_file)
+        if own.get("metrics"):
+            self.client.log_batch(parent, metrics=[Metric(k, v, record["end_ms"], 0)
+                                                   for k, v in own["metrics"].items()])
 
     def _attach(self, record: dict) -> None:
         """Metrics for another job's run, found by its name. Logged again after an interrupted pass:

@@ -74,6 +74,9 @@ class AttackResult:
     chunk_rows: int | None = None  # rows per batched pass that were used (None: all at once)
     engine: str | None = None  # the row engine that ran (auto resolved)
     oom_retries: int = 0  # passes redone with fewer rows after running out of memory (RowsObjective)
+    # The best iterate after half the iterations, chosen by the objective as the final one is: what the
+    # attack had reached then (ppp.verdicts: an attack still gaining over its second half has not converged).
+    images_half: torch.Tensor | None = None
 
 
 def infer_labels(model: StagedNet, gradients: dict[str, torch.Tensor], images_per_update: int = 1,
@@ -459,6 +462,8 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     since_improved = torch.zeros(n_rows, dtype=torch.long)
     active = torch.ones(n_rows, dtype=torch.bool)
     iterations_run = torch.zeros(n_rows, dtype=torch.long)
+    half_step = problem.iterations // 2
+    half_x, half_loss = None, None
 
     def remember_best(rows: torch.Tensor, row_losses: torch.Tensor) -> None:
         """Keep each row's iterate when its objective is the lowest seen so far."""
@@ -498,6 +503,8 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
                 x.copy_(torch.max(torch.min(x, upper), lower))
             if problem.patience:
                 active &= since_improved < problem.patience
+            if step + 1 == half_step:  # best iterates so far, before this step moved x
+                half_x, half_loss = best_x.clone(), best_loss.clone()
             if progress and progress_every and ((step + 1) % progress_every == 0 or step + 1 == problem.iterations):
                 progress(step + 1, losses.view(batch, restarts))
             if not math.isfinite(float(row_losses.sum())):
@@ -516,7 +523,12 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     best = scores.argmin(dim=1)
     final_images = (best_x * std + mean).clamp(0, 1).view(batch, restarts, *shape).cpu()
     images = final_images[torch.arange(batch), best].reshape(batch * per_update, *model.in_shape)
-    return AttackResult(images=images, gradient_loss=scores[torch.arange(batch), best], restart_losses=scores,
+    images_half = None
+    if half_x is not None:
+        half_best = half_loss.view(batch, restarts).argmin(dim=1)
+        images_half = ((half_x * std + mean).clamp(0, 1).view(batch, restarts, *shape).cpu()
+                       [torch.arange(batch), half_best].reshape(batch * per_update, *model.in_shape))
+    return AttackResult(images=images, images_half=images_half, gradient_loss=scores[torch.arange(batch), best], restart_losses=scores,
                         labels=labels.cpu(), seconds=time.perf_counter() - started,
                         chunk_rows=objective.chunk_rows, engine=objective.engine,
                         oom_retries=getattr(objective, "oom_retries", 0), iterations=iterations_run.view(batch, restarts)[torch.arange(batch), best])

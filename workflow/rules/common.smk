@@ -165,6 +165,21 @@ def data_options(wildcards):
     }
 
 
+def victims_source(wildcards):
+    """The victims' source: the prepared test split for a draw, else the configured victim file."""
+    victims = config["datasets"][wildcards.dataset]["victims"]
+    if victims == "draw":
+        return f"{RESULTS}/data/{wildcards.dataset}/test.safetensors"
+    return victims
+
+
+def victims_draw(wildcards):
+    """Which draw from the test split (None: the victims are a file's)."""
+    if config["datasets"][wildcards.dataset]["victims"] == "draw":
+        return config["victim_draw"]
+    return None
+
+
 def data_source_files(wildcards):
     options = config["datasets"][wildcards.dataset]
     if options.get("source", "bundled") == "bundled":

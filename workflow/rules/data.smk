@@ -21,7 +21,7 @@ rule prepare_data:
 
 rule prepare_victims:
     input:
-        victims=lambda w: config["datasets"][w.dataset]["victims"],
+        victims=victims_source,
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
     output:
         victims=f"{RESULTS}/data/{{dataset}}/victims.safetensors",
@@ -34,5 +34,7 @@ rule prepare_victims:
         runtime=5,
     params:
         num_victims=max_victims(config),
+        draw=victims_draw,
+        seed=config["seed"],
     script:
         "../scripts/prepare_victims.py"

@@ -18,6 +18,11 @@ rule aggregate:
             caption="../report/summary.rst",
             category="Tables",
         ),
+        verdicts=report(
+            f"{RESULTS}/tables/verdicts.csv",
+            caption="../report/verdicts.rst",
+            category="Tables",
+        ),
         findings=report(
             f"{RESULTS}/tables/findings.csv",
             caption="../report/findings.rst",
@@ -46,7 +51,16 @@ rule aggregate:
     params:
         verdicts={
             k: config["report"][k]
-            for k in ("success_ssim", "margin_db", "max_accuracy_drop")
+            for k in (
+                "success_ssim",
+                "margin_db",
+                "max_accuracy_drop",
+                "level",
+                "min_units",
+                "max_convergence_gain",
+                "plateau_epochs",
+                "plateau_gain",
+            )
         },
     script:
         "../scripts/aggregate.py"

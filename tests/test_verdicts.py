@@ -1,0 +1,128 @@
+"""The three-valued verdicts: intervals decide, updates are the resampling unit, unconverged attacks and
+models still learning leave claims undecided."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ppp.report import RECONSTRUCTION_COLUMNS
+from ppp.verdicts import (FAILS, HOLDS, UNDECIDED, Thresholds, all_of, any_of, compare, contradictions, judge,
+                          plateaued)
+
+
+def _rows(defense, sigma, attack, ssim, psnr, batch_size=1, ssim_half=None):
+    """One row per image; `ssim` and `psnr` are per-image lists (or one value for all 16 images)."""
+    ssim = np.broadcast_to(np.asarray(ssim, dtype=float), (16,)) if np.ndim(ssim) == 0 else np.asarray(ssim, float)
+    psnr = np.broadcast_to(np.asarray(psnr, dtype=float), ssim.shape)
+    half = ssim if ssim_half is None else np.broadcast_to(np.asarray(ssim_half, dtype=float), ssim.shape)
+    return [dict(dataset="mnist", arch="mlp", batch_size=batch_size, local_steps=1, defense=defense, noise_scale=sigma,
+                 attack=attack, model_state="init", victim=v, update_id=v // batch_size, label=v % 10,
+                 label_accuracy=1.0, mse=0.0, psnr=float(psnr[v]), ssim=float(ssim[v]), lpips=np.nan,
+                 ssim_half=float(half[v])) for v in range(len(ssim))]
+
+
+def _table(*cells, **kwargs):
+    return judge(pd.DataFrame([r for c in cells for r in c], columns=RECONSTRUCTION_COLUMNS), **kwargs)
+
+
+def _claim(table, claim, defense=None, sigma=None):
+    rows = table[table.claim == claim]
+    if defense is not None:
+        rows = rows[(rows.defense == defense) & np.isclose(rows.noise_scale, sigma or 0.0)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_kleene_logic_and_comparisons():
+    assert all_of([HOLDS, HOLDS]) == HOLDS and all_of([HOLDS, UNDECIDED]) == UNDECIDED
+    assert all_of([UNDECIDED, FAILS]) == FAILS and all_of([]) == UNDECIDED
+    assert any_of([FAILS, HOLDS]) == HOLDS and any_of([FAILS, UNDECIDED]) == UNDECIDED and any_of([FAILS]) == FAILS
+    assert compare(0.6, 0.9, 0.5, at_least=True) == HOLDS and compare(0.4, 0.9, 0.5, at_least=True) == UNDECIDED
+    assert compare(0.1, 0.4, 0.5, at_least=True) == FAILS and compare(0.1, 0.4, 0.5, at_least=False) == HOLDS
+    assert compare(np.nan, 0.4, 0.5, at_least=False) == UNDECIDED
+
+
+def test_an_interval_across_the_threshold_is_undecided():
+    rng = np.random.default_rng(1)
+    clear = _table(_rows("none", 0.0, "ig", rng.uniform(0.8, 0.95, 16), 30.0))
+    assert _claim(clear, "F1").verdict == HOLDS
+    low = _table(_rows("none", 0.0, "ig", rng.uniform(0.05, 0.2, 16), 12.0))
+    assert _claim(low, "F1").verdict == FAILS
+    split = _table(_rows("none", 0.0, "ig", [0.1] * 7 + [0.9] * 9, 20.0))  # median 0.9, half the images fail
+    row = _claim(split, "F1")
+    assert row.verdict == UNDECIDED and row.estimate == pytest.approx(0.9) and row.ci_low < 0.5 <= row.ci_high
+
+
+def test_images_that_share_an_update_are_resampled_together():
+    """Three updates reconstructed, one not: over updates (4 units) the median is not decided; the same
+    16 values as 16 one-image updates give a narrower interval."""
+    values = [0.9] * 12 + [0.1] * 4
+    by_update = _claim(_table(_rows("none", 0.0, "ig", values, 25.0, batch_size=4)), "F1")
+    by_image = _claim(_table(_rows("none", 0.0, "ig", values, 25.0, batch_size=1)), "F1")
+    assert by_update.units == 4 and by_image.units == 16 and by_update.images == by_image.images == 16
+    assert by_update.ci_low < by_image.ci_low
+    assert by_update.verdict == UNDECIDED
+
+
+def _defended(ssim_half=None, targeted=0.1):
+    return (_rows("none", 0.0, "ig", np.linspace(0.85, 0.95, 16), 30.0),
+            _rows("precode", 0.0, "ig", np.linspace(0.02, 0.08, 16), 9.0),
+            _rows("precode", 0.0, "ig_targeted", np.linspace(0.75, 0.9, 16), 26.0),
+            _rows("ppp", 0.1, "ig", np.linspace(0.02, 0.08, 16), 9.0),
+            _rows("ppp", 0.1, "ig_targeted", np.linspace(targeted - 0.05, targeted + 0.05, 16), 12.0,
+                  ssim_half=ssim_half))
+
+
+def test_a_defence_protects_only_against_an_attack_that_has_converged():
+    converged = _table(*_defended())
+    assert _claim(converged, "protects", "ppp", 0.1).verdict == HOLDS
+    assert _claim(converged, "protects", "precode").verdict == FAILS
+    # The targeted attack was still gaining: 0.15 of median SSIM over the second half of its run.
+    rising = _table(*_defended(ssim_half=np.linspace(-0.1, 0.0, 16)))
+    row = _claim(rising, "protects", "ppp", 0.1)
+    assert row.verdict == UNDECIDED and not row.converged and row.ssim_gain_last_half == pytest.approx(0.15, abs=0.01)
+    assert _claim(rising, "F3", "ppp", 0.1).verdict == UNDECIDED
+
+
+def test_the_gap_to_the_undefended_model_is_a_paired_interval():
+    """A defended cell 6 dB under the undefended one on every image: the paired gap is exactly 6 dB
+    whatever the images' own spread, so the 6 dB rule holds; 5 dB under fails."""
+    rng = np.random.default_rng(2)
+    spread = rng.uniform(15, 35, 16)
+    base = _rows("none", 0.0, "ig", np.full(16, 0.9), spread)
+    for under, verdict in ((6.5, HOLDS), (5.0, FAILS)):
+        table = _table(base, _rows("noise", 0.1, "ig", np.full(16, 0.2), spread - under))
+        row = _claim(table, "protects", "noise", 0.1)
+        assert row.psnr_gap_db == pytest.approx(under) and row.psnr_gap_ci_high - row.psnr_gap_ci_low < 1e-9
+        assert row.verdict == verdict
+
+
+def test_accuracy_is_judged_only_on_a_model_that_has_plateaued():
+    n = 1000
+    none, ppp = np.ones(n), np.ones(n)
+    ppp[:10] = 0  # one point lost
+    correct = {("mnist", "mlp", "none", 0.0): none, ("mnist", "mlp", "ppp", 0.1): ppp}
+    flat = _table(*_defended(), correct=correct, curves={("mnist", "mlp"): [0.5, 0.8, 0.85, 0.852, 0.853]})
+    assert _claim(flat, "F4").verdict == HOLDS and _claim(flat, "F4").plateaued
+    rising = _table(*_defended(), correct=correct, curves={("mnist", "mlp"): [0.5, 0.6, 0.7]})
+    row = _claim(rising, "F4")
+    assert row.verdict == UNDECIDED and row.indicative == HOLDS and not row.plateaued
+    assert plateaued([0.5, 0.8, 0.85, 0.852, 0.853], Thresholds())
+    assert not plateaued([0.5, 0.6, 0.7], Thresholds()) and not plateaued([0.9, 0.9], Thresholds())
+
+
+def test_verdicts_are_seeded_and_contradictions_are_found():
+    first, again = _table(*_defended()), _table(*_defended())
+    pd.testing.assert_frame_equal(first, again)
+    broken = _table(*_defended(targeted=0.9))
+    clash = contradictions(first, broken)
+    assert set(zip(clash.claim, clash.defense)) == {("protects", "ppp"), ("F3", "ppp")}
+    assert contradictions(first, again).empty
+
+
+def test_too_few_updates_decide_nothing():
+    """Two 4-image updates: no interval, every verdict undecided, however clear the medians look."""
+    table = _table(_rows("none", 0.0, "ig", np.full(8, 0.95), 40.0, batch_size=4),
+                   _rows("noise", 1.0, "ig", np.full(8, 0.01), 5.0, batch_size=4))
+    assert set(table.verdict) == {UNDECIDED} and table.ci_low.isna().all()
+    assert _claim(table, "F1").estimate == pytest.approx(0.95)
