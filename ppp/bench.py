@@ -132,7 +132,8 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
                                            settings["attack"].get("tv_weight", 0.0))
     lines = []
     for iterations in args["iterations"] or [int(settings["attack"].get("iterations", 100))]:
-        attack = build_attack(args["attack"], **{**settings["attack"], "iterations": iterations, "progress_every": 0,
+        options = {k: v for k, v in settings["attack"].items() if k != "convergence_images"}  # a workflow check
+        attack = build_attack(args["attack"], **{**options, "iterations": iterations, "progress_every": 0,
                                                  "engine": args["engine"] if mode == "batched" else "loop",
                                                  "batch_size": args["batch_size"]})
         if device.type == "cuda":

@@ -247,7 +247,12 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
     if attack_needs_precode(attack_name) and not all(c.has_precode for c in cells):
         raise ValueError(f"attack {attack_name!r} targets PRECODE; a cell's model has none")
     meta = read_json(meta_path)
-    attack = build_attack(attack_name, **attack_options)
+    options = dict(attack_options)
+    check_images = int(options.pop("convergence_images", 0))
+    attack = build_attack(attack_name, **options)
+    # The convergence check: a cell's first updates again at half the budget (ppp.verdicts).
+    half_attack = build_attack(attack_name, **{**options, "iterations": attack.iterations // 2, "progress_every": 0}) \
+        if check_images and attack.iterations >= 2 else None
     told = server_knows_local_hyperparameters
     groups: dict[tuple[str, bool], list[int]] = {}
     for i, cell in enumerate(cells):
@@ -277,14 +282,26 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
 
         result = attack(view, seed=seeds, progress=split_progress if progress else None, victim_ids=victim_ids)
         per_update = setting.images
+        half_images = None
+        if half_attack is not None:
+            checked = -(-check_images // per_update)  # whole updates, at least one
+            rows = [bounds[k] + u for k in range(len(counts)) for u in range(min(checked, counts[k]))]
+            sub = ServerView(model, {n: g[rows] for n, g in gradients.items()},
+                             None if view.labels is None else view.labels.view(len(seeds), -1)[rows].flatten(),
+                             model_mode, images_per_update=setting.images, local_steps=view.local_steps,
+                             local_lr=setting.local_lr)
+            half = half_attack(sub, seed=[seeds[r] for r in rows], victim_ids=[victim_ids[r] for r in rows])
+            half_images = torch.full_like(result.images, float("nan"))
+            for j, r in enumerate(rows):
+                half_images[r * per_update:(r + 1) * per_update] = half.images[j * per_update:(j + 1) * per_update]
         peak = peak_memory_mb(device)
         for k, i in enumerate(members):
             lo, hi = bounds[k], bounds[k + 1]
             images = result.images[lo * per_update: hi * per_update]
             tensors = {"images": images, "labels": result.labels[lo * per_update: hi * per_update],
                        "gradient_loss": result.gradient_loss[lo:hi], "restart_losses": result.restart_losses[lo:hi]}
-            if result.images_half is not None:
-                tensors["images_half"] = result.images_half[lo * per_update: hi * per_update]
+            if half_images is not None:
+                tensors["images_half"] = half_images[lo * per_update: hi * per_update]
             save_tensors(cells[i].out, tensors,
                          metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}",
                                    "engine": str(result.engine), "images_per_update": str(setting.images),
@@ -400,12 +417,14 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
         for u in range(recon.shape[0] // group):
             members = list(range(u * group, (u + 1) * group))
             order = match_reconstructions(victims["images"][members], recon[members])
-            # The half-budget iterate is matched on its own: its images may sit in another order.
-            order_half = match_reconstructions(victims["images"][members], half[members]) if half is not None else None
+            # The half-budget run is matched on its own: its images may sit in another order. Only a cell's
+            # first updates have one (NaN elsewhere).
+            checked = half is not None and bool(torch.isfinite(half[members]).all())
+            order_half = match_reconstructions(victims["images"][members], half[members]) if checked else None
             for slot, i in enumerate(members):
                 image = recon[u * group + order[slot]]
                 matched[i] = image
-                ssim_half = float("nan") if half is None else image_metrics(
+                ssim_half = float("nan") if not checked else image_metrics(
                     victims["images"][i], half[u * group + order_half[slot]])["ssim"]
                 cell_rows.append(dict(cell, victim=i, update_id=u, label=int(victims["labels"][i]),
                                       label_accuracy=float(accuracy[u]),

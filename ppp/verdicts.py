@@ -11,12 +11,13 @@ one client update where several images share it (their reconstructions are not i
 cell of a client setting is resampled with the same draws of units, so the difference of two cells on
 the same images (IG on the undefended model against an attack on a defence) is a paired interval.
 
-A claim that an attack *fails* also needs the attack to have converged: the gain of its median SSIM
-over the second half of its run (`ssim_half`, the best iterate at half the budget, against the final
-one) must be at most `max_convergence_gain`, or the claim is undecided. Doubling a run at most
-repeats the last half's gain when returns diminish, and the half-budget iterate of a run has had less
-of the learning-rate decay than a run of half the budget, so the gain is a conservative stand-in for
+A claim that an attack *fails* also needs the attack to have converged: on the images the attack job
+ran again at half the budget (`ssim_half`; attack.convergence_images, a cell's first images), the
+median SSIM gained from half to the full budget must be at most `max_convergence_gain`, or the claim is
+undecided. Where returns diminish, the last doubling's gain bounds the next one's, so this stands for
 "twice the iterations raise the median SSIM by at most 0.05" (benchmarks/README.md, "Convergence").
+The half-way iterate of the full run would not do: the learning rate decays at 3/8, 5/8 and 7/8 of the
+budget, so a run gains little after its middle whatever a longer run would reach.
 
 Accuracy claims are judged only on models trained to a plateau (`plateaued`); elsewhere they are
 undecided, and the verdict they would have had is kept as `indicative`.
@@ -187,7 +188,7 @@ class AttackCell:
     ssim: tuple[float, float, float]
     psnr: tuple[float, float, float]
     gap: tuple[float, float, float]  # IG on the undefended model minus this attack, median PSNR (dB)
-    gain: float  # median SSIM gain over the second half of the run
+    gain: float  # median SSIM gained from half the budget to the full one (the checked images)
     converged: bool | None
     works: str  # median SSIM >= success_ssim
     resists: str  # the attack fails: below success_ssim and margin_db under the reference (and converged)
@@ -198,8 +199,9 @@ def _attack_cell(sample: SettingSample, cell: pd.DataFrame, reference: pd.DataFr
     ssim, psnr = sample.median(cell, "ssim"), sample.median(cell, "psnr")
     gap = sample.difference(reference, cell, "psnr") if reference is not None else (np.nan,) * 3
     gain, converged = float("nan"), None
-    if "ssim_half" in cell and cell.ssim_half.notna().any():
-        gain = float(np.nanmedian(cell.ssim.to_numpy(float)) - np.nanmedian(cell.ssim_half.to_numpy(float)))
+    checked = cell[cell.ssim_half.notna()] if "ssim_half" in cell else cell.iloc[:0]
+    if len(checked):  # the same images at the full and at half the budget
+        gain = float(np.median(checked.ssim.to_numpy(float)) - np.median(checked.ssim_half.to_numpy(float)))
         converged = bool(gain <= t.max_convergence_gain)
     resists = all_of([compare(ssim[1], ssim[2], t.success_ssim, at_least=False),
                       compare(gap[1], gap[2], t.margin_db, at_least=True)])

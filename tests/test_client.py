@@ -326,8 +326,9 @@ def test_cells_attacked_in_one_optimisation_get_what_each_gets_alone(tmp_path, a
                                               str(tmp_path / f"{variant}.safetensors"), variant == "precode",
                                               100 + k, str(tmp_path / f"together{k}.safetensors")))
     options = {"iterations": 20, "tv_weight": 1e-4}
-    summaries = stages.run_attack_cells("mlp", attack, options, attack_cells, str(tmp_path / "meta.json"),
-                                        {"width": 64}, spec, torch.device("cpu"), setting=setting)
+    summaries = stages.run_attack_cells("mlp", attack, {**options, "convergence_images": 2}, attack_cells,
+                                        str(tmp_path / "meta.json"), {"width": 64}, spec, torch.device("cpu"),
+                                        setting=setting)
     assert [s["cells_in_pass"] for s in summaries] == [2, 2, 1][:len(cells)]
     for k, cell in enumerate(attack_cells):
         alone = str(tmp_path / f"alone{k}.safetensors")
@@ -338,6 +339,15 @@ def test_cells_attacked_in_one_optimisation_get_what_each_gets_alone(tmp_path, a
         assert together["images"].shape == (4, 1, 32, 32)
         torch.testing.assert_close(together["images"], by_itself["images"], atol=1e-4, rtol=0)
         torch.testing.assert_close(together["gradient_loss"], by_itself["gradient_loss"], atol=1e-5, rtol=1e-4)
+        # The convergence check: the cell's first update (2 images) again at half the budget, as a run of
+        # 10 iterations gives it; the other update has none.
+        half = str(tmp_path / f"half{k}.safetensors")
+        stages.run_attack("mlp", attack, {**options, "iterations": 10}, cell.has_precode, cell.model_path,
+                          str(tmp_path / "meta.json"), cell.gradients_path, {"width": 64}, spec, cell.seed,
+                          torch.device("cpu"), half, setting=setting)
+        assert torch.isnan(together["images_half"][2:]).all() and "images_half" not in by_itself
+        torch.testing.assert_close(together["images_half"][:2], load_tensors(half)["images"][:2], atol=1e-4, rtol=0)
+        assert not torch.allclose(together["images_half"][:2], together["images"][:2])
     # Different cells' rows are not the same rows: their starts and targets differ.
     first, second = load_tensors(attack_cells[0].out), load_tensors(attack_cells[1].out)
     assert not torch.allclose(first["images"], second["images"])

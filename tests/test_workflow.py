@@ -1,7 +1,6 @@
 """End to end: the Snakemake workflow on the tiny config, in a temporary working directory."""
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +36,7 @@ def planned_rules(output: str) -> set[str]:
 def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("workflow")
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    victims = workdir / "victims.npz"
-    shutil.copy(REPO / "data" / "victims" / "mnist_128_cvb.npz", victims)
-    config["datasets"]["mnist"]["victims"] = str(victims)
+    assert config["datasets"]["mnist"]["victims"] == "draw"  # drawn from the test split, as the default's
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake(workdir, "--cores", "2")
     return workdir, config
@@ -83,6 +80,14 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
                                                      "acc_drop", "epsilon"}
     assert set(worst[worst.defense == "ppp"].attacks_tried.iloc[0].split(";")) == {
         "ig", "ig_targeted", "latent", "analytic"}
+    # Every claim three-valued, with its interval; two images per cell decide nothing (report.min_units).
+    verdicts = pd.read_csv(tables / "verdicts.csv")
+    assert set(verdicts.claim) == {"F1", "F2", "F3", "F4", "protects"} and set(verdicts.verdict) == {"undecided"}
+    assert len(verdicts[verdicts.claim == "protects"]) == 8 and (verdicts["images"] == 2).all()
+    # Every cell's first image was attacked again at half the budget (attack.convergence_images: 1).
+    assert (recon[recon.victim == 0].ssim_half.notna()).all() and recon[recon.victim == 1].ssim_half.isna().all()
+    # The victims are a class-balanced draw from the test split: distinct labels here.
+    assert recon[recon.batch_size == 1].groupby("victim").label.first().nunique() == 2
     for plot in ("privacy_utility.png", "batch_size.png", "reconstructions_mnist_mlp_b1s1_init.png",
                  "reconstructions_mnist_mlp_b2s2_init.png"):
         assert (workdir / "results" / "plots" / plot).stat().st_size > 1000
@@ -128,12 +133,20 @@ def test_every_job_is_an_mlflow_run_nested_under_the_invocation(finished_run):
     inputs = client.get_run(prepare.info.run_id).inputs.dataset_inputs
     assert {i.dataset.name for i in inputs} == {"mnist/train", "mnist/test"}
     assert all(len(i.dataset.digest) >= 16 for i in inputs)
+    # The study's answer on the parent run: the verdict table and its counts.
+    parent = client.get_run(parents[0].info.run_id)
+    assert {"verdicts.csv", "verdicts.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert parent.data.metrics["verdicts_undecided"] == len(pd.read_csv(workdir / "results" / "tables" / "verdicts.csv"))
 
 
 def test_rerun_does_nothing_and_new_victims_rerun_only_what_depends_on_them(finished_run):
     workdir, _ = finished_run
     assert planned_rules(snakemake(workdir, "-n")) == set()
-    arrays = dict(np.load(workdir / "victims.npz"))
+    # Another draw of victims: everything from the victims on, nothing before them.
+    planned = planned_rules(snakemake(workdir, "-n", "--config", "victim_draw=1"))
+    assert {"prepare_victims", "capture_mlp_b1s1", "attack_mlp_b1s1_ig", "evaluate", "aggregate"} <= planned
+    assert not {rule for rule in planned if rule.startswith(("prepare_data", "init_model", "train"))}
+    arrays = dict(np.load(REPO / "data" / "victims" / "mnist_128_cvb.npz"))
     arrays["images"] = arrays["images"][::-1].copy()
     arrays["labels"] = arrays["labels"][::-1].copy()
     np.savez(workdir / "other_victims.npz", **arrays)
@@ -203,8 +216,6 @@ def test_make_run_resumes_after_kill_9_and_never_unlocks_a_live_run(tmp_path, fi
     import time
 
     reference, config = finished_run
-    shutil.copy(reference / "victims.npz", tmp_path / "victims.npz")
-    config = {**config, "datasets": {"mnist": {**config["datasets"]["mnist"], "victims": str(tmp_path / "victims.npz")}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     wrapper = [str(REPO / "tools" / "run_workflow.sh"), str(Path(sys.executable).parent / "snakemake"),
                "-s", str(REPO / "Snakefile"), "--cores", "2", "--configfile", str(tmp_path / "config.yaml")]
@@ -242,8 +253,6 @@ def test_a_full_disk_fails_its_job_with_one_line_and_the_next_run_gives_a_clean_
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     reference, config = finished_run
-    shutil.copy(reference / "victims.npz", tmp_path / "victims.npz")
-    config = {**config, "datasets": {"mnist": {**config["datasets"]["mnist"], "victims": str(tmp_path / "victims.npz")}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     attacks = tmp_path / "results" / "attacks"
     attacks.mkdir(parents=True)
