@@ -266,6 +266,53 @@ def batch_size_plot(summary: pd.DataFrame, path: str | Path) -> None:
     plt.close(fig)
 
 
+def learning_curve_plot(utility: pd.DataFrame, path: str | Path, plateau_epochs: int = 2,
+                        plateau_gain: float = 0.005) -> None:
+    """Test accuracy after every epoch, one panel per dataset x architecture, one line per defence and
+    sigma; the undefended model's line is black and its title says whether it has plateaued (the rule of
+    ppp.verdicts, which decides whether accuracy claims are judged)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ppp.verdicts import Thresholds, plateaued
+
+    rule = Thresholds(plateau_epochs=plateau_epochs, plateau_gain=plateau_gain)
+    from matplotlib.ticker import MaxNLocator
+
+    datasets, archs = sorted(set(utility.dataset)), list(dict.fromkeys(utility.arch))
+    fig, axes = plt.subplots(max(1, len(datasets)), max(1, len(archs)),
+                             figsize=(3.8 * max(1, len(archs)), 3.0 * max(1, len(datasets))), squeeze=False)
+    order = {d: i for i, d in enumerate(DEFENSE_ORDER)}
+    for ax, (dataset, arch) in zip(axes.flat, [(d, a) for d in datasets for a in archs]):
+        rows = utility[(utility.dataset == dataset) & (utility.arch == arch)]
+        rows = rows.assign(_order=rows.defense.map(lambda d: order.get(d, len(order)))).sort_values(
+            ["_order", "noise_scale"])
+        title = f"{dataset} / {arch}"
+        for _, row in rows.iterrows():
+            text = row.test_accuracy_per_epoch if isinstance(row.test_accuracy_per_epoch, str) else ""
+            curve = [float(a) for a in text.split(";") if a]
+            if not curve:
+                continue
+            label = row.defense + (f" {row.noise_scale:g}" if row.noise_scale else "")
+            undefended = row.defense == "none"
+            ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=2.5, label=label,
+                    color="black" if undefended else None, linewidth=2 if undefended else 1)
+            if undefended:
+                title += "\n" + ("plateaued" if plateaued(curve, rule) else "NOT plateaued: accuracy indicative")
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("test accuracy", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
 def reconstruction_grid(originals: torch.Tensor, rows: Sequence[tuple[str, torch.Tensor]], path: str | Path,
                         max_images: int = 8) -> None:
     """Originals in the top row, one row of reconstructions per labelled cell below."""

@@ -88,8 +88,8 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
     assert (recon[recon.victim == 0].ssim_half.notna()).all() and recon[recon.victim == 1].ssim_half.isna().all()
     # The victims are a class-balanced draw from the test split: distinct labels here.
     assert recon[recon.batch_size == 1].groupby("victim").label.first().nunique() == 2
-    for plot in ("privacy_utility.png", "batch_size.png", "reconstructions_mnist_mlp_b1s1_init.png",
-                 "reconstructions_mnist_mlp_b2s2_init.png"):
+    for plot in ("privacy_utility.png", "batch_size.png", "learning_curves.png",
+                 "reconstructions_mnist_mlp_b1s1_init.png", "reconstructions_mnist_mlp_b2s2_init.png"):
         assert (workdir / "results" / "plots" / plot).stat().st_size > 1000
 
 

@@ -38,6 +38,11 @@ rule aggregate:
             caption="../report/privacy_utility.rst",
             category="Plots",
         ),
+        learning_curves=report(
+            f"{RESULTS}/plots/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="Plots",
+        ),
         batch_size=report(
             f"{RESULTS}/plots/batch_size.png",
             caption="../report/batch_size.rst",

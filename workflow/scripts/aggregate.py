@@ -18,8 +18,9 @@ with job(snakemake, {"verdicts": snakemake.params.verdicts}) as run:
     report.write_csv(report.worst_case(summary, table), out.worst_case)
     report.privacy_utility_plot(summary, out.privacy_utility)
     report.batch_size_plot(summary, out.batch_size)
+    report.learning_curve_plot(utility, out.learning_curves, thresholds.plateau_epochs, thresholds.plateau_gain)
     for path in (out.reconstructions, out.utility, out.summary, out.verdicts, out.findings, out.worst_case,
-                 out.privacy_utility, out.batch_size):
+                 out.privacy_utility, out.batch_size, out.learning_curves):
         run.log_artifact(path)
     # The study's answer on the invocation's parent run: the verdict table (a table the MLflow UI shows)
     # and its counts.
