@@ -365,9 +365,13 @@ def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
         validate_config(config)
     config = yaml.safe_load(open("config/config.yaml"))
     validate_config(config)
-    assert [s.name for s in client_settings(config, "mlp")] == ["b1s1", "b4s1", "b4s2"]
+    assert [s.name for s in client_settings(config, "mlp")] == ["b1s1", "b4s1"]
     assert [s.name for s in client_settings(config, "lenet")] == ["b1s1"]
-    assert client_victims(config, "mlp", "b4s2") == 4 and client_victims(config, "lenet", "b1s1") == 4
+    assert client_victims(config, "mlp", "b4s1") == 16 and client_victims(config, "lenet", "b1s1") == 16
+    config["client"]["per_arch"]["mlp"]["updates"].append(
+        {"images": 4, "local_steps": 2, "victims": 4, "defenses": ["none", "precode"]})  # as config/gpu.yaml
+    validate_config(config)
+    assert client_victims(config, "mlp", "b4s2") == 4
     assert client_defenses(config, "mlp", "b4s2") == ["none", "precode"]
     assert client_defenses(config, "mlp", "b4s1") == config["defenses"]
     config["client"]["per_arch"]["mlp"]["updates"][2]["defenses"] = ["none", "ppp_no_decoder"]
