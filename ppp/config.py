@@ -155,6 +155,12 @@ def noise_options(config: dict) -> dict:
             "clipping": dp.get("clipping", "auto")}
 
 
+def attack_runs_on(config: dict, attack: str, defense: str) -> bool:
+    """Whether the study runs `attack` on `defense` (attack_defenses.<attack>; default: everywhere it
+    applies)."""
+    return defense in config.get("attack_defenses", {}).get(attack, [defense])
+
+
 def defense_applies(config: dict, arch: str, defense: str) -> bool:
     """Whether the study runs `defense` on `arch`: every architecture unless defense_archs.<defense>
     lists them."""

@@ -8,6 +8,7 @@ from ppp.config import (
     client_victims,
     client_settings,
     server_knows,
+    attack_runs_on,
     defense_applies,
     defense_scales,
     max_victims,
@@ -133,8 +134,11 @@ def cell_models(wildcards, arch, cells):
 
 
 def attack_applies(attack, defense):
-    """The targeted attacks need PRECODE (they are defined by its position); the others apply anywhere."""
-    return needs_precode(defense) or not attack_needs_precode(attack)
+    """The targeted attacks need PRECODE (they are defined by its position); the others apply anywhere,
+    unless attack_defenses restricts them."""
+    return (
+        needs_precode(defense) or not attack_needs_precode(attack)
+    ) and attack_runs_on(config, attack, defense)
 
 
 def attacked_cells(arch, client, attack):
