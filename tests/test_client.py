@@ -405,7 +405,7 @@ def test_a_client_setting_sets_its_own_attack_budget_over_the_architectures():
     validate_config(config)
     assert attack_options(config, "lenet", "ig", "b1s1")["iterations"] == 1000
     assert attack_options(config, "lenet", "ig", "b4s1")["iterations"] == 10000
-    assert attack_options(config, "lenet", "ig_targeted", "b4s1")["tv_weight"] == 1e-2  # the rest: the arch's
+    assert attack_options(config, "lenet", "ig_targeted", "b4s1")["tv_weight"] == 0.03  # the rest: the arch's
     assert attack_options(config, "lenet", "analytic", "b4s1")["iterations"] == 3000
     assert attack_options(config, "lenet", "analytic", "b1s1")["iterations"] == 1000
     with pytest.raises(ValueError, match="client setting 'b8s1' is not swept for lenet"):
