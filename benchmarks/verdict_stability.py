@@ -31,7 +31,7 @@ def _cell(row) -> str:
         text += f" {row.attack}"
     if row.claim == "protects" and pd.notna(row.psnr_gap_db):
         text += f", gap {row.psnr_gap_db:.1f} dB [{row.psnr_gap_ci_low:.1f}, {row.psnr_gap_ci_high:.1f}]"
-    if row.claim in ("F2", "F3", "protects") and str(row.converged) == "False":
+    if row.claim in ("F2", "F3", "protects") and row.verdict != "fails" and str(row.converged) == "False":
         text += ", not converged"
     return text
 

@@ -159,8 +159,12 @@ def worst_case(summary: pd.DataFrame, verdict_table: pd.DataFrame) -> pd.DataFra
             name = f"strongest_ssim_median_{column}" if column.startswith("ci_") else column
             row[name] = verdict[column] if verdict is not None else float("nan")
         drop = (row["acc_drop_ci_low"], row["acc_drop_ci_high"])
-        row["within_accuracy"] = at_most(*drop, verdict_thresholds(verdict_table).max_accuracy_drop) \
-            if np.isfinite(drop[0]) else ""
+        within = at_most(*drop, verdict_thresholds(verdict_table).max_accuracy_drop) if np.isfinite(drop[0]) else ""
+        judged = verdict is not None and verdict["plateaued"] == True  # noqa: E712 (numpy bool, or None)
+        row["plateaued"] = judged
+        # Accuracy is judged only on models trained to a plateau (ppp.verdicts); elsewhere it is indicative.
+        row["within_accuracy"] = within if not within or judged else "undecided"
+        row["within_accuracy_indicative"] = "" if not within or judged else within
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
