@@ -8,10 +8,14 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/ppp-learning-curve}
 mkdir -p "$work"
+cat >"$work/longer.yaml" <<'YAML'
+defenses: [none, ppp, ppp_encoder]
+training: {epochs: 15, per_arch: {lenet: {epochs: 30}}}
+mlflow: {enabled: false}
+YAML
 "$repo/.venv/bin/snakemake" -s "$repo/Snakefile" --directory "$work" --cores 2 --quiet rules \
-  --configfile "$repo/config/config.yaml" \
-  --config 'defenses=["none","ppp","ppp_encoder"]' 'training={"epochs": 15, "per_arch": {"lenet": {"epochs": 30}}}' \
-  mlflow='{"enabled": false}' --until train_mlp train_lenet >"$work/snakemake.log" 2>&1
+  --configfile "$repo/config/config.yaml" "$work/longer.yaml" \
+  --until train_mlp train_lenet >"$work/snakemake.log" 2>&1
 "$repo/.venv/bin/python" - "$work" <<'PY'
 import json, sys
 from pathlib import Path
