@@ -259,7 +259,7 @@ def test_a_full_disk_fails_its_job_with_one_line_and_the_next_run_gives_a_clean_
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     attacks = tmp_path / "results" / "attacks"
     attacks.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(attacks)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(attacks)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     wrapper = [str(REPO / "tools" / "run_workflow.sh"), str(Path(sys.executable).parent / "snakemake"),
