@@ -97,6 +97,10 @@ def check_client_settings(config: dict[str, Any]) -> None:
             if unknown:
                 raise ConfigError(f"config key 'client.updates': setting {setting.name} of {arch} lists defences "
                                   f"{unknown} that are not in 'defenses' ({config['defenses']})")
+            unknown = sorted(set(update.get("attacks", [])) - set(config["attacks"]))
+            if unknown:
+                raise ConfigError(f"config key 'client.updates': setting {setting.name} of {arch} lists attacks "
+                                  f"{unknown} that are not in 'attacks' ({config['attacks']})")
             victims = client_victims(config, arch, setting.name)
             if setting.images > victims:
                 raise ConfigError(f"config key 'client.updates': an update of {setting.images} images needs at "
@@ -237,6 +241,12 @@ def client_defenses(config: dict, arch: str, name: str) -> list[str]:
     """The defences swept at one client setting: the update's own `defenses`, else every defence."""
     update = _client_update(config, arch, name)
     return [d for d in config["defenses"] if d in update.get("defenses", config["defenses"])]
+
+
+def client_attacks(config: dict, arch: str, name: str) -> list[str]:
+    """The attacks run at one client setting: the update's own `attacks`, else every attack."""
+    update = _client_update(config, arch, name)
+    return [a for a in config["attacks"] if a in update.get("attacks", config["attacks"])]
 
 
 def client_setting(config: dict, arch: str, name: str):

@@ -397,7 +397,7 @@ class GradientMatching(RowsObjective):
 def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingProblem, seed: int | Sequence[int],
              progress: Callable[[int, torch.Tensor], None] | None = None,
              progress_every: int = 0, victim_ids: list[int] | None = None,
-             objective: RowsObjective | None = None) -> AttackResult:
+             objective: RowsObjective | None = None, start: torch.Tensor | None = None) -> AttackResult:
     """Optimise one dummy image per victim and restart, all rows in one optimiser.
 
     Each row's start is seeded by (seed, victim id, restart), so a victim gets the same start whether it
@@ -405,7 +405,8 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     together keep each cell's starts); Adam and the sign step act elementwise, so rows never interact.
     Every row keeps its best iterate (lowest objective); with `patience`, a row that stopped improving
     is frozen and no longer computed. The objective is gradient matching over `problem.names` unless
-    `objective` is given (the analytic attack's feature inversion)."""
+    `objective` is given (the analytic attack's feature inversion). `start` (every image, in [0, 1]) replaces
+    the seeded starts: every restart of an update starts there."""
     started = time.perf_counter()
     model = view.model
     set_model_mode(model, view.model_mode)  # the mode the client computed its update in
@@ -439,6 +440,9 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             rows.append(row)
     n_rows = batch * restarts
     x = torch.stack(rows).to(device)
+    if start is not None:
+        given = ((start.to(device) - mean) / std).clamp(lower, upper).view(batch, *shape)
+        x = given.repeat_interleave(restarts, dim=0).contiguous()
     x.grad = torch.zeros_like(x)
     latent = None
     if problem.latent:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from ppp.attacks.analytic import AnalyticEncoderInversion
+from ppp.attacks.head import HeadInversion
 from ppp.attacks.inverting_gradients import InvertingGradients
 from ppp.attacks.latent import LatentInvertingGradients
 
@@ -21,6 +22,7 @@ ATTACKS: dict[str, AttackSpec] = {
     "ig_targeted": AttackSpec(InvertingGradients, dict(selection="before_precode"), needs_precode=True),
     "latent": AttackSpec(LatentInvertingGradients, needs_precode=True),
     "analytic": AttackSpec(AnalyticEncoderInversion, needs_precode=True),
+    "head": AttackSpec(HeadInversion),
 }
 
 

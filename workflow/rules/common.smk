@@ -2,6 +2,7 @@
 import os
 
 from ppp.config import (
+    client_attacks,
     attack_options,
     client_defenses,
     client_setting,
@@ -69,11 +70,11 @@ def client_names(arch):
 
 def attack_cost(arch, client, attack, cells):
     """A rough relative cost of an attack job, for Snakemake's priority: cells x victims x iterations,
-    a quarter for the analytic attack (no second-order term), times the local steps (FedAvg's
+    a quarter for the analytic and head attacks (no second-order term), times the local steps (FedAvg's
     simulation)."""
     options = attack_options(config, arch, attack, client)
     setting = client_setting(config, arch, client)
-    share = 0.25 if attack == "analytic" else 1.0
+    share = 0.25 if attack in ("analytic", "head") else 1.0
     return int(
         len(cells)
         * client_victims(config, arch, client)
@@ -92,7 +93,7 @@ def attack_cells():
             for client in client_names(arch):
                 for defense, sigma in defense_cells(arch, client):
                     for state in config["model_states"]:
-                        for attack in config["attacks"]:
+                        for attack in client_attacks(config, arch, client):
                             if not attack_applies(attack, defense):
                                 continue
                             yield dict(
@@ -143,6 +144,8 @@ def attack_applies(attack, defense):
 
 def attacked_cells(arch, client, attack):
     """The (defense, sigma) cells of one architecture and client setting that an attack applies to."""
+    if attack not in client_attacks(config, arch, client):
+        return []
     return [
         (defense, sigma)
         for defense, sigma in defense_cells(arch, client)

@@ -1,0 +1,423 @@
+"""The head attack: every image's features from the classifier head's gradient, then feature inversion.
+
+For a model whose last layer is linear, logits = W h + b, an update of B images (FedSGD, mean
+cross-entropy) shares [dW | db] = sum_i s_i g_i [h_i^T, 1] with g_i = softmax(W h_i + b) - onehot(y_i)
+and s_i = 1/B (per-example clipping in DP-SGD changes s_i; FedAvg's local steps change h_i slightly).
+The matrix has rank at most B, and its row space is spanned by the B vectors [h_i, 1]: with V the B
+leading right singular vectors, [h_i, 1] = a_i V for an unknown B x B matrix A. Given A, the model's own
+head gives every g_i, and the update must be reproduced: K = [dW | db] V^T = G^T diag(s) A. The attack
+fits A (and the scales s, least squares inside) by Levenberg-Marquardt on that residual, from the
+label rows' start (each image's class row of [dW | db], its dominant term) and seeded perturbed starts,
+keeping the start of least residual. On a clean gradient the residual reaches float64 precision at the
+true features (a check, not an assumption); noisy gradients leave a residual, and the fit is then a
+least-squares estimate. Labels are the server's where it knows them, else inferred
+(ppp.attacks.labels).
+
+Through PRECODE (its bottleneck right before the head, the paper's position), the head's input is the
+decoder's output d_i. The decoder is linear, so the codes follow by least squares, and the gradient at
+each code is s_i W_dec^T W^T g_i, known once g_i is. PRECODE's encoder is linear too: its mean half's
+gradient is sum_i delta_i [u_i^T, 1] with delta_i that code gradient plus the KL term's
+beta mu_i / (B ln 2); with the delta_i known, the encoder's inputs u_i (the features entering PRECODE)
+follow by least squares, a few rounds updating mu_i. The paper's PPP leaves head, decoder and encoder
+clean, so this recovery is exact there.
+
+The recovered features (the head's input, or PRECODE's input) are then inverted to images by
+optimisation, as the analytic attack does (ppp.attacks.analytic.FeatureMatching): one row per image,
+signed Adam, box, TV. docs/method.md, "The head attack".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ppp.attacks.analytic import FeatureMatching, leading_right_singular_vectors
+from ppp.attacks.engine import (AttackResult, GradientMatching, GradientMatchingProblem, RowOptimisation,
+                               RowsObjective, ServerView, optimise)
+from ppp.gradients import select_parameters
+from ppp.attacks.labels import infer_update_labels
+from ppp.attacks.per_layer import per_row_batch_norm
+from ppp.models import StagedNet
+from ppp.seeding import generator
+
+
+def head_module(model: StagedNet) -> tuple[str, nn.Linear]:
+    """The classifier head: the model's last linear layer outside PRECODE."""
+    owner = model.classifier_weight_name().rpartition(".")[0]
+    return owner, dict(model.named_modules())[owner]
+
+
+def head_index(model: StagedNet) -> int:
+    """The stage the head belongs to: its input is the output of the stages before."""
+    owner, _ = head_module(model)
+    return list(model.stages.keys()).index(owner.split(".")[1])
+
+
+@dataclass
+class HeadRecovery:
+    """What the head's gradient gives per update (U updates of B images)."""
+
+    features: torch.Tensor  # (U, B, D) the head's inputs
+    output_errors: torch.Tensor  # (U, B, C) softmax - onehot per image, at the recovered features
+    scales: torch.Tensor  # (U, B) each image's weight in the update (1/B for FedSGD's mean loss)
+    residual: torch.Tensor  # (U,) relative residual of the fit: 0 where the gradient is reproduced exactly
+
+
+def _output_errors(features: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: torch.Tensor, local_steps: int,
+                   local_lr: float) -> torch.Tensor:
+    """Each image's softmax - onehot (B, C), averaged over the client's local steps as the head alone would
+    take them with the features held fixed (FedAvg's pseudo-gradient is the mean of its steps' gradients;
+    one step: FedSGD). The earlier layers move too, which this leaves out: approximate for FedAvg."""
+    total = torch.zeros_like(Y)
+    images = features.shape[0]
+    for _ in range(local_steps):
+        G = torch.softmax(features @ W.T + b, dim=1) - Y
+        total = total + G
+        if local_steps > 1:
+            W = W - local_lr * G.T @ features / images
+            b = b - local_lr * G.sum(0) / images
+    return total / local_steps
+
+
+def _residual(A: torch.Tensor, K: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: torch.Tensor,
+              local_steps: int, local_lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(residual, features, output errors, scales) of one update at A."""
+    rows = A @ V
+    rows = rows / rows[:, -1:]
+    G = _output_errors(rows[:, :-1], W, b, Y, local_steps, local_lr)
+    coords = rows @ V.T  # (B, B): each image's [h_i, 1] in the basis
+    # K = sum_i s_i g_i coords_i^T is linear in the scales s: solved exactly for the current A.
+    basis = torch.einsum("ic,ij->icj", G, coords).flatten(1)  # (B, C * B)
+    gram = basis @ basis.T
+    s = torch.linalg.solve(gram + 1e-12 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype),
+                           basis @ K.flatten())
+    return (K.flatten() - basis.T @ s) / K.norm().clamp_min(1e-300), rows[:, :-1], G, s
+
+
+def _fit(K: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: torch.Tensor, A: torch.Tensor,
+         steps: int, local_steps: int = 1, local_lr: float = 0.01) -> tuple[torch.Tensor, float]:
+    """Levenberg-Marquardt on A (B x B) for one update; returns (A, relative residual)."""
+
+    def residual(A: torch.Tensor) -> torch.Tensor:
+        return _residual(A, K, V, W, b, Y, local_steps, local_lr)[0]
+
+    damping = 1e-3
+    r = residual(A)
+    cost = float(r @ r)
+    for _ in range(steps):
+        if not math.isfinite(cost) or cost < 1e-28:
+            break
+        J = torch.func.jacfwd(residual)(A).reshape(r.shape[0], -1)
+        JtJ, Jtr = J.T @ J, J.T @ r
+        improved = False
+        for _ in range(6):
+            step = torch.linalg.solve(JtJ + damping * torch.diag(JtJ.diagonal().clamp_min(1e-12)), Jtr)
+            candidate = A - step.view_as(A)
+            r_new = residual(candidate)
+            new_cost = float(r_new @ r_new)
+            if math.isfinite(new_cost) and new_cost < cost:
+                gain = 1 - new_cost / cost
+                A, r, cost = candidate, r_new, new_cost
+                damping = max(damping / 3, 1e-12)
+                improved = gain > 1e-4  # stalled: stop
+                break
+            damping *= 4
+        if not improved:
+            break
+    return A, math.sqrt(cost) if math.isfinite(cost) else float("inf")
+
+
+def recover_head_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor, labels: torch.Tensor, starts: int = 8, steps: int = 50,
+                        seed: int = 0, local_steps: int = 1, local_lr: float = 0.01) -> HeadRecovery:
+    """Each image's input to a linear head from the head's shared gradients.
+
+    weight_grad (U, C, D), bias_grad (U, C), the head's weight (C, D) and bias (C,), labels (U, B).
+    In float64 throughout (the fit's residual is read at float64 precision)."""
+    updates, images = labels.shape
+    classes = weight.shape[0]
+    if images > classes:
+        raise ValueError(f"the head's gradient has rank at most {classes} (its classes): it cannot separate "
+                         f"{images} images per update")
+    W, b = weight.detach().double(), bias.detach().double()
+    stacked = torch.cat([weight_grad.double(), bias_grad.double().unsqueeze(-1)], dim=-1)  # (U, C, D + 1)
+    bases = leading_right_singular_vectors(stacked, images)  # (U, B, D + 1)
+    features = torch.empty(updates, images, W.shape[1], dtype=torch.float64)
+    errors = torch.empty(updates, images, classes, dtype=torch.float64)
+    scales = torch.empty(updates, images, dtype=torch.float64)
+    residuals = torch.empty(updates, dtype=torch.float64)
+    gen = generator(seed)
+    for u in range(updates):
+        M, V = stacked[u], bases[u]
+        V = torch.linalg.qr(V.T)[0].T  # orthonormal rows
+        K = M @ V.T
+        Y = nn.functional.one_hot(labels[u], classes).double()
+        start = M[labels[u]] @ V.T  # each image's own class row: its dominant term
+        best_A, best = _fit(K, V, W, b, Y, start, steps, local_steps, local_lr)
+        scale = start.norm() / images
+        for k in range(starts):
+            if best < 1e-5:  # float32 gradients leave about 1e-7; a wrong fit leaves far more
+                break
+            spread = 0.1 * (k + 1)
+            candidate = start + spread * scale * torch.randn(start.shape, generator=gen, dtype=torch.float64)
+            A, res = _fit(K, V, W, b, Y, candidate, steps, local_steps, local_lr)
+            if res < best:
+                best_A, best = A, res
+        _, features[u], errors[u], scales[u] = _residual(best_A, K, V, W, b, Y, local_steps, local_lr)
+        residuals[u] = best
+    return HeadRecovery(features, errors, scales, residuals)
+
+
+def recover_precode_inputs(view: ServerView, recovery: HeadRecovery, rounds: int = 4) -> torch.Tensor:
+    """PRECODE's inputs (U, B, D_in) from the decoder's outputs the head gave, the decoder's weights and
+    the encoder's shared gradient (its mean half); float64."""
+    model = view.model
+    bottleneck = model.bottleneck
+    code = bottleneck.bottleneck_size
+    _, head = head_module(model)
+    W = head.weight.detach().double()
+    decoder_w, decoder_b = bottleneck.decoder.weight.detach().double(), bottleneck.decoder.bias.detach().double()
+    encoder_w, encoder_b = bottleneck.encoder.weight.detach().double(), bottleneck.encoder.bias.detach().double()
+    names = model.encoder_parameter_names()
+    grad_w = view.gradients[next(n for n in names if n.endswith("weight"))].double()[:, :code]
+    grad_b = view.gradients[next(n for n in names if n.endswith("bias"))].double()[:, :code]
+    encoder_grad = torch.cat([grad_w, grad_b.unsqueeze(-1)], dim=-1)  # (U, K, D_in + 1)
+    updates, images = recovery.features.shape[:2]
+    outputs = []
+    for u in range(updates):
+        decoded = recovery.features[u]  # (B, D_out): the decoder's outputs
+        codes = torch.linalg.lstsq(decoder_w, (decoded - decoder_b).T).solution.T  # (B, K)
+        code_grad = recovery.scales[u].unsqueeze(1) * (recovery.output_errors[u] @ W @ decoder_w)  # (B, K)
+        mu = codes
+        for _ in range(rounds):
+            delta = code_grad + bottleneck.beta * mu / (images * math.log(2))
+            rows = torch.linalg.lstsq(delta.T, encoder_grad[u]).solution  # (B, D_in + 1)
+            rows = rows / rows[:, -1:]
+            mu = rows[:, :-1] @ encoder_w[:code].T + encoder_b[:code]
+        outputs.append(rows[:, :-1])
+    return torch.stack(outputs)
+
+
+# Elementwise activations with an inverse, for peeling layers off recovered features.
+INVERSES: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.Sigmoid: lambda y: torch.logit(y.clamp(1e-12, 1 - 1e-12)),
+    nn.Tanh: lambda y: torch.atanh(y.clamp(-1 + 1e-12, 1 - 1e-12)),
+    nn.Identity: lambda y: y,
+}
+PEEL_MAX_INPUTS = 4096  # a layer is inverted through its dense matrix: at most this many inputs
+
+
+def _linear_map(layer: nn.Module, in_shape: tuple[int, ...]) -> torch.Tensor:
+    """A Conv2d's or Linear's weight map (without bias) as a dense (inputs, outputs) matrix."""
+    basis = torch.eye(math.prod(in_shape), dtype=torch.float64, device=layer.weight.device).view(-1, *in_shape)
+    with torch.no_grad():
+        if isinstance(layer, nn.Conv2d):
+            out = nn.functional.conv2d(basis, layer.weight.double(), None, layer.stride, layer.padding,
+                                       layer.dilation, layer.groups)
+        else:
+            out = basis @ layer.weight.double().T
+    return out.flatten(1)
+
+
+def peel_layers(model: StagedNet, index: int, features: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Walk back from the input of stage `index`: while the stage before is a linear layer (Conv2d or
+    Linear) with at least as many outputs as inputs, followed by invertible activations (and Flatten),
+    its input follows exactly from its output (least squares through its matrix). Deeper features are
+    a better-posed target for the image inversion (LeNet's CIFAR-10 median SSIM 0.50 -> 0.59,
+    benchmarks/README.md). Returns the stage index reached and its inputs, flattened (rows, n)."""
+    features = features.double()
+    while index > 0:
+        stage = list(model.stages.values())[index - 1]
+        layers = list(stage.children()) if isinstance(stage, nn.Sequential) else [stage]
+        with torch.no_grad():
+            stage_input = model._features_before(torch.zeros(1, *model.in_shape, device=model.mean.device),
+                                                 index - 1)
+        shapes, current = [], stage_input
+        with torch.no_grad():
+            for layer in layers:
+                shapes.append(tuple(current.shape[1:]))
+                current = layer(current)
+        values = features
+        peeled = True
+        for layer, in_shape in zip(reversed(layers), reversed(shapes)):
+            if isinstance(layer, nn.Flatten):
+                continue  # values stay flat; shapes are tracked separately
+            inverse = next((f for t, f in INVERSES.items() if type(layer) is t), None)
+            if inverse is not None:
+                values = inverse(values)
+                continue
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                inputs = math.prod(in_shape)
+                matrix = _linear_map(layer, in_shape).to(values.device)
+                if inputs > PEEL_MAX_INPUTS or matrix.shape[1] < inputs:
+                    peeled = False
+                    break
+                bias = 0.0
+                if layer.bias is not None:
+                    with torch.no_grad():
+                        bias = layer(torch.zeros(1, *in_shape, dtype=layer.weight.dtype,
+                                                 device=layer.weight.device)).flatten(1).double()
+                values = torch.linalg.lstsq(matrix.T, (values - bias).T).solution.T
+                continue
+            peeled = False
+            break
+        if not peeled:
+            break
+        index, features = index - 1, values
+    return index, features
+
+
+def features_at(model: StagedNet, pixels: torch.Tensor, index: int) -> torch.Tensor:
+    """The flattened output of the stages before `index` (normalisation included) for images in [0, 1]."""
+    return model._features_before(pixels, index).flatten(1)
+
+
+class StageFeatureMatching(FeatureMatching):
+    """FeatureMatching at the input of any stage (the head's, or PRECODE's)."""
+
+    def __init__(self, model: StagedNet, targets: torch.Tensor, tv_weight: float, feature_loss: str, index: int):
+        super().__init__(model, targets, tv_weight, feature_loss)
+        self.index = index
+
+    def matching_loss(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        with per_row_batch_norm(self.model):
+            features = features_at(self.model, images * self.std + self.mean, self.index)
+        targets = self.targets[rows]
+        if self.feature_loss == "mse":
+            return (features - targets).pow(2).sum(1) / self.target_squares[rows]
+        return 1 - torch.nn.functional.cosine_similarity(features, targets, dim=1, eps=1e-12)
+
+
+class FeatureAndGradientMatching(RowsObjective):
+    """Rows are updates of B images: Inverting Gradients' objective on the update (cosine distance over
+    the matched gradients, plus TV) plus `weight` times the mean feature-matching loss of its images."""
+
+    def __init__(self, gradients: GradientMatching, features: StageFeatureMatching, weight: float, group: int):
+        self.gradients, self.features, self.weight, self.group = gradients, features, weight, group
+        self.engine, self.chunk_rows = gradients.engine, gradients.chunk_rows
+
+    def _image_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return (rows.unsqueeze(1) * self.group + torch.arange(self.group, device=rows.device)).flatten()
+
+    def _evaluate(self, x, rows, latent):
+        losses, grads = self.gradients.evaluate(x, rows, None)[:2]
+        if not self.weight:
+            return losses, grads
+        images = x.view(-1, *x.shape[-3:])
+        feature_losses, feature_grads = self.features.evaluate(images, self._image_rows(rows), None)
+        losses = losses + self.weight * feature_losses.view(-1, self.group).mean(1)
+        grads = grads + self.weight / self.group * feature_grads.view_as(grads)
+        return losses, grads
+
+    def score(self, x_row, row, latent_row):
+        score = self.gradients.score(x_row, row, None)
+        if self.weight:
+            images = x_row.view(-1, *x_row.shape[-3:])
+            rows = self._image_rows(torch.tensor([row], device=x_row.device))
+            with torch.no_grad():
+                score = score + self.weight * self.features.matching_loss(images, rows).mean()
+        return score
+
+
+@dataclass
+class HeadInversion(RowOptimisation):
+    """Recover every image's features from the classifier head's gradient (through PRECODE's decoder and
+    encoder where the model has it before the head), then invert them to images."""
+
+    iterations: int = 1000
+    tv_weight: float = 1e-2
+    feature_loss: str = "mse"
+    fit_starts: int = 8  # perturbed starts of the head fit beyond the label rows' (stops once exact)
+    # Where the model has PRECODE right before the head: invert PRECODE's input recovered through the
+    # encoder ("encoder"), or the decoder's output, the head's input ("head").
+    precode_target: str = "encoder"
+    peel: bool = True  # invert the recovered features back through invertible layers first (peel_layers)
+    # Then Inverting Gradients on the whole update from the inverted features (0: no refinement), over
+    # every gradient ("all") or those before PRECODE ("before_precode"), plus the feature term.
+    refine_iterations: int = 0
+    refine_selection: str = "all"
+    refine_feature_weight: float = 1.0
+    refine_lr: float = 0.01
+    refine_tv_weight: float = 1e-4
+    recovery: dict = field(default_factory=dict, repr=False)  # diagnostics of the last call
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.precode_target not in ("encoder", "head"):
+            raise ValueError(f"attack precode_target must be encoder or head, got {self.precode_target!r}")
+
+    def __call__(self, view: ServerView, seed: int | Sequence[int],
+                 progress: Callable[[int, torch.Tensor], None] | None = None,
+                 victim_ids: list[int] | None = None) -> AttackResult:
+        model = view.model
+        device = model.mean.device
+        per_update = view.images_per_update
+        owner, head = head_module(model)
+        if head.bias is None:
+            raise ValueError("the head attack needs a head with a bias")
+        labels = view.labels
+        if labels is None:
+            labels = infer_update_labels(model, view.gradients, per_update, self.label_strategy)
+        labels = labels.cpu().view(view.num_updates, per_update)
+        fit_seed = seed if isinstance(seed, int) else int(seed[0])
+        recovery = recover_head_inputs(view.gradients[f"{owner}.weight"].cpu(), view.gradients[f"{owner}.bias"].cpu(),
+                                       head.weight.cpu(), head.bias.cpu(), labels, starts=self.fit_starts,
+                                       seed=fit_seed, local_steps=view.local_steps, local_lr=view.local_lr)
+        index = head_index(model)
+        targets = recovery.features
+        through_precode = model.has_precode and model.precode_index == index
+        if through_precode and self.precode_target == "encoder":
+            targets = recover_precode_inputs(view, recovery)
+        elif model.has_precode and not through_precode:
+            raise ValueError("the head attack inverts through PRECODE only where it sits right before the head")
+        if self.peel:
+            index, flat = peel_layers(model, index, targets.reshape(-1, targets.shape[-1]))
+            targets = flat.view(*targets.shape[:2], -1)
+        self.recovery = {"residual": recovery.residual, "features": targets, "stage": index}
+        rows = targets.reshape(-1, targets.shape[-1]).float().to(device).repeat_interleave(self.restarts, dim=0)
+        objective = StageFeatureMatching(model, rows, self.tv_weight, self.feature_loss, index)
+        # One optimisation row per image: a view of single images carrying nothing but their count.
+        images = view.num_images
+        row_view = ServerView(model, {"images": torch.zeros(images, 1)}, None, view.model_mode)
+        seeds = [seed] * view.num_updates if isinstance(seed, int) else list(seed)
+        ids = list(range(view.num_updates)) if victim_ids is None else list(victim_ids)
+        problem = GradientMatchingProblem(
+            names=[], iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
+            init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay, precision=self.precision)
+
+        def per_update_progress(step: int, losses: torch.Tensor) -> None:
+            progress(step, losses.view(view.num_updates, per_update, -1).mean(1))
+
+        result = optimise(row_view, labels.flatten(), problem,
+                          [s for s in seeds for _ in range(per_update)],
+                          progress=per_update_progress if progress else None, progress_every=self.progress_every,
+                          victim_ids=[v * per_update + j for v in ids for j in range(per_update)],
+                          objective=objective)
+        # The engine's losses are per image; the study's are per update.
+        result.gradient_loss = result.gradient_loss.view(view.num_updates, per_update).mean(1)
+        result.restart_losses = result.restart_losses.view(view.num_updates, per_update, -1).mean(1)
+        if result.iterations is not None:
+            result.iterations = result.iterations.view(view.num_updates, per_update).max(1).values
+        if not self.refine_iterations:
+            return result
+        refine = GradientMatchingProblem(
+            names=select_parameters(model, self.refine_selection), iterations=self.refine_iterations,
+            lr=self.refine_lr, tv_weight=self.refine_tv_weight, restarts=1, init=self.init, signed=self.signed,
+            boxed=self.boxed, lr_decay=self.lr_decay, precision=self.precision, local_steps=view.local_steps,
+            local_lr=view.local_lr)
+        group_shape = (view.num_updates, *((per_update,) if per_update > 1 else ()), *model.in_shape)
+        matching = GradientMatching(model, labels.flatten().to(device).view(view.num_updates, -1).squeeze(1)
+                                    if per_update == 1 else labels.to(device),
+                                    [view.gradients[n].to(device) for n in refine.names], refine,
+                                    torch.zeros(group_shape, device=device))
+        features = StageFeatureMatching(model, targets.reshape(-1, targets.shape[-1]).float().to(device), 0.0,
+                                        self.feature_loss, index)
+        combined = FeatureAndGradientMatching(matching, features, self.refine_feature_weight, per_update)
+        refined = optimise(view, labels.flatten(), refine, seeds, victim_ids=ids, objective=combined,
+                           start=result.images)
+        refined.seconds += result.seconds
+        return refined
