@@ -8,8 +8,9 @@
 ConvNet and ResNet-18 at width 64 on CIFAR-10 (the authors' victims, data/victims/cifar10_128_cvb.npz, first 4),
 each cell one batched attack through ppp-bench's code path (ppp.bench, the model, threat model and attack
 settings of config/gpu.yaml): IG on the undefended model; IG, the targeted attack and the analytic attack
-on PRECODE; and IG, the targeted, the latent and the analytic attack on PPP at one sigma per architecture
-(the middle of config/gpu.yaml's grid). One JSON line per cell: arch, width, defense, sigma, attack, median
+on PRECODE; IG, the targeted, the latent and the analytic attack on PPP at one sigma per architecture
+(the middle of config/gpu.yaml's grid); and the head attack on 4-image updates of the undefended, PRECODE and
+PPP models (issue 24). One JSON line per cell: arch, width, defense, sigma, attack, median
 PSNR and SSIM, seconds, victim-iterations per second, peak GPU memory (MB, torch's allocator), engine, and
 GFLOP per victim-iteration with the achieved GFLOP/s where they are counted; then one line with the total
 elapsed time. Cells run most informative first (IG undefended, then the targeted attack on PRECODE, ...,
@@ -20,7 +21,7 @@ Budgets (iterations per cell): ConvNet 800 (config/gpu.yaml's), ResNet-18 1000 (
 3000) and 1000 for the analytic attack. Estimated from benchmarks/attack_flops.py's counts (4 victims, one
 batched pass per iteration; 20 TFLOP/s sustained and 5-10 us per kernel launch, docs/cluster.md): ConvNet
 119 GFLOP and 1000-1150 kernel launches per iteration, 6-17 ms; ResNet-18 36 GFLOP and 3000-3200 launches,
-16-34 ms; the analytic attack 1-2 ms. That is 2.2-4.8 minutes of attacks for the 16 cells, plus a few seconds of
+16-34 ms; the analytic attack 1-2 ms. That is 2.2-4.8 minutes of attacks for the 16 gradient-matching and analytic cells (the 6 head cells add seconds), plus a few seconds of
 model set-up, capture and FLOP counting per cell.
 
 Without a CUDA GPU (and without --device cpu) it prints one line saying so and exits 0.
@@ -59,7 +60,12 @@ CELLS = (
     ("ppp", "analytic"),
     ("ppp", "latent"),
     ("ppp", "ig"),
+    # The head attack on 4-image updates (issue 24): from the head's gradient, through PRECODE.
+    ("none", "head"),
+    ("precode", "head"),
+    ("ppp", "head"),
 )
+HEAD_IMAGES_PER_UPDATE = 4
 
 
 def plan(iterations: int | None = None, width: int = WIDTH, victims: int = VICTIMS) -> list[dict]:
@@ -67,17 +73,19 @@ def plan(iterations: int | None = None, width: int = WIDTH, victims: int = VICTI
     cells = []
     for defense, attack in CELLS:
         for arch in ARCHS:
-            budget = iterations or (ANALYTIC_ITERATIONS if attack == "analytic" else ITERATIONS[arch])
+            budget = iterations or (ANALYTIC_ITERATIONS if attack in ("analytic", "head") else ITERATIONS[arch])
             cells.append(dict(arch=arch, width=width, dataset=DATASET, defense=defense,
                               sigma=PPP_SIGMA[arch] if defense == "ppp" else 0.0, attack=attack,
-                              victims=victims, iterations=budget))
+                              victims=victims, iterations=budget,
+                              images_per_update=HEAD_IMAGES_PER_UPDATE if attack == "head" and victims >= 4 else 1))
     return cells
 
 
 def bench_args(cell: dict, device: str, threads: int, config: Path) -> dict:
     """The options ppp-bench's parser would produce for this cell in batched mode."""
     return dict(arch=cell["arch"], dataset=cell["dataset"], defense=cell["defense"], sigma=cell["sigma"],
-                attack=cell["attack"], victims=cell["victims"], images_per_update=1, local_steps=1, local_lr=0.01,
+                attack=cell["attack"], victims=cell["victims"], images_per_update=cell.get("images_per_update", 1),
+                local_steps=1, local_lr=0.01,
                 labels=None, iterations=[cell["iterations"]], device=device, mode="batched", engine="auto",
                 batch_size=None, width=cell["width"], config=str(config), model_mode=None, precode_code=None,
                 tv_weight=None, precision=None, lr=None, restarts=None, init=None, keep_encoder=None,
@@ -94,7 +102,7 @@ def run_cell(cell: dict, device: str, threads: int, config: Path) -> dict:
     cuda = line["device"].startswith("cuda")
     return dict(
         arch=cell["arch"], width=line["width"], dataset=cell["dataset"], defense=cell["defense"],
-        sigma=cell["sigma"], attack=cell["attack"], victims=line["victims"], iterations=line["iterations"],
+        sigma=cell["sigma"], attack=cell["attack"], images_per_update=cell.get("images_per_update", 1), victims=line["victims"], iterations=line["iterations"],
         median_psnr=line["median_psnr"], median_ssim=line["median_ssim"], mean_psnr=line["mean_psnr"],
         seconds=seconds, victim_iterations_per_second=line["victim_iterations_per_second"],
         ms_per_iteration=round(1000 * seconds / line["iterations"], 3),

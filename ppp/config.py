@@ -97,10 +97,14 @@ def check_client_settings(config: dict[str, Any]) -> None:
             if unknown:
                 raise ConfigError(f"config key 'client.updates': setting {setting.name} of {arch} lists defences "
                                   f"{unknown} that are not in 'defenses' ({config['defenses']})")
-            unknown = sorted(set(update.get("attacks", [])) - set(config["attacks"]))
+            # A preset merged over another may run fewer attacks: a setting's list is cut to `attacks`, and
+            # only a name no attack has is an error.
+            from ppp.attacks.registry import ATTACKS
+
+            unknown = sorted(set(update.get("attacks", [])) - set(ATTACKS))
             if unknown:
-                raise ConfigError(f"config key 'client.updates': setting {setting.name} of {arch} lists attacks "
-                                  f"{unknown} that are not in 'attacks' ({config['attacks']})")
+                raise ConfigError(f"config key 'client.updates': setting {setting.name} of {arch} lists unknown "
+                                  f"attacks {unknown} (known: {sorted(ATTACKS)})")
             victims = client_victims(config, arch, setting.name)
             if setting.images > victims:
                 raise ConfigError(f"config key 'client.updates': an update of {setting.images} images needs at "
