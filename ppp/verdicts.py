@@ -40,12 +40,13 @@ VERDICTS = (HOLDS, FAILS, UNDECIDED)
 
 SETTING = ["dataset", "arch", "model_state", "batch_size", "local_steps"]
 CLAIMS = {
-    "F1": "IG reconstructs the undefended model (median SSIM >= success_ssim)",
+    "F1": "IG reconstructs the undefended model (median SSIM >= success_ssim); where a setting runs no IG, "
+          "its strongest attack on the undefended model",
     "F2": "IG fails on PRECODE, the targeted attack succeeds and beats it by >= margin_db",
     "F3": "where some attack breaks PRECODE, the paper's PPP at some sigma of the grid defeats every attack",
     "F4": "PPP at that sigma keeps test accuracy within max_accuracy_drop of the undefended model",
     "protects": "every attack tried fails: median SSIM < success_ssim and >= margin_db below IG on the "
-                "undefended model",
+                "undefended model (where a setting runs no IG: its strongest attack there)",
 }
 COLUMNS = SETTING + ["claim", "defense", "noise_scale", "verdict", "attack", "statistic", "estimate", "ci_low",
                      "ci_high", "threshold", "psnr_gap_db", "psnr_gap_ci_low", "psnr_gap_ci_high",
@@ -215,6 +216,17 @@ def _fmt(name: str, value: tuple[float, float, float], unit: str = "") -> str:
     return f"{name} {value[0]:.2f}{unit} [{value[1]:.2f}, {value[2]:.2f}]"
 
 
+def reference_cell(cells: dict[tuple, pd.DataFrame]) -> pd.DataFrame | None:
+    """The attack on the undefended model that every defence is measured against: IG (the paper's), or
+    where a client setting runs no IG (LeNet's batches: the head attack), its strongest attack there."""
+    if ("none", 0.0, "ig") in cells:
+        return cells[("none", 0.0, "ig")]
+    undefended = [c for (d, _, _), c in cells.items() if d == "none"]
+    if not undefended:
+        return None
+    return max(undefended, key=lambda c: (float(np.median(c.ssim)), float(np.median(c.psnr))))
+
+
 def judge(reconstructions: pd.DataFrame, correct: dict[tuple, np.ndarray] | None = None,
           curves: dict[tuple, Sequence[float]] | None = None, thresholds: Thresholds = Thresholds()) -> pd.DataFrame:
     """Every claim of the study as a row: F1-F4 per client setting and "protects" per defence cell.
@@ -230,7 +242,7 @@ def judge(reconstructions: pd.DataFrame, correct: dict[tuple, np.ndarray] | None
         setting = dict(zip(SETTING, key))
         sample = SettingSample(frame, key, t)
         cells = {k: c for k, c in frame.groupby(["defense", "noise_scale", "attack"], sort=True)}
-        reference = cells.get(("none", 0.0, "ig"))
+        reference = reference_cell(cells)
         stats: dict[tuple, AttackCell] = {k: _attack_cell(sample, c, reference, k[2], t) for k, c in cells.items()}
         units = len(sample.units)
         images = int(frame.groupby(["defense", "noise_scale", "attack"]).size().max())
@@ -264,14 +276,15 @@ def judge(reconstructions: pd.DataFrame, correct: dict[tuple, np.ndarray] | None
                 detail="; ".join(f"{a.attack}: {_fmt('SSIM', a.ssim)}, {_fmt('gap', a.gap, ' dB')}, "
                                  f"gain {a.gain:.2f} -> {a.resists}" for a in attacks)))
 
-        # F1: IG reconstructs the undefended model.
-        ig_none = stats.get(("none", 0.0, "ig"))
+        # F1: IG (or the setting's strongest attack, where it runs no IG) reconstructs the undefended model.
+        reference_attack = None if reference is None else str(reference.attack.iloc[0])
+        ig_none = stats.get(("none", 0.0, reference_attack))
         if ig_none is not None:
-            rows.append(dict(base("F1", "none"), verdict=ig_none.works, attack="ig",
+            rows.append(dict(base("F1", "none"), verdict=ig_none.works, attack=reference_attack,
                              statistic="median SSIM", estimate=ig_none.ssim[0], ci_low=ig_none.ssim[1],
                              ci_high=ig_none.ssim[2], threshold=t.success_ssim,
                              ssim_gain_last_half=ig_none.gain, converged=ig_none.converged,
-                             detail=_fmt("IG on none: SSIM", ig_none.ssim)))
+                             detail=_fmt(f"{reference_attack} on none: SSIM", ig_none.ssim)))
 
         # F2: IG fails on PRECODE, the targeted attack works and beats IG by margin_db.
         ig_pre, targeted = stats.get(("precode", 0.0, "ig")), stats.get(("precode", 0.0, "ig_targeted"))

@@ -126,3 +126,15 @@ def test_too_few_updates_decide_nothing():
                    _rows("noise", 1.0, "ig", np.full(8, 0.01), 5.0, batch_size=4))
     assert set(table.verdict) == {UNDECIDED} and table.ci_low.isna().all()
     assert _claim(table, "F1").estimate == pytest.approx(0.95)
+
+
+def test_a_setting_without_ig_is_judged_against_its_strongest_attack_on_the_undefended_model():
+    """LeNet's batches run only the head attack: F1 and every defence's gap use it, not a missing IG."""
+    table = _table(_rows("none", 0.0, "head", np.linspace(0.85, 0.95, 16), 30.0, batch_size=4),
+                   _rows("precode", 0.0, "head", np.linspace(0.85, 0.95, 16), 30.0, batch_size=4),
+                   _rows("ppp_encoder", 0.1, "head", np.linspace(0.02, 0.08, 16), 9.0, batch_size=4))
+    f1 = _claim(table, "F1")
+    assert f1.verdict == HOLDS and f1.attack == "head"
+    row = _claim(table, "protects", "ppp_encoder", 0.1)
+    assert row.verdict == HOLDS and row.psnr_gap_db == pytest.approx(21.0)
+    assert _claim(table, "protects", "precode").verdict == FAILS

@@ -169,6 +169,8 @@ def recover_head_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, weig
                 best_A, best = A, res
         _, features[u], errors[u], scales[u] = _residual(best_A, K, V, W, b, Y, local_steps, local_lr)
         residuals[u] = best
+    # A failed fit can divide by a vanishing bias coordinate: keep such rows finite (they are wrong either way).
+    features = torch.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0).clamp(-1e6, 1e6)
     return HeadRecovery(features, errors, scales, residuals)
 
 
@@ -199,7 +201,7 @@ def recover_precode_inputs(view: ServerView, recovery: HeadRecovery, rounds: int
             rows = rows / rows[:, -1:]
             mu = rows[:, :-1] @ encoder_w[:code].T + encoder_b[:code]
         outputs.append(rows[:, :-1])
-    return torch.stack(outputs)
+    return torch.nan_to_num(torch.stack(outputs), nan=0.0, posinf=0.0, neginf=0.0).clamp(-1e6, 1e6)
 
 
 # Elementwise activations with an inverse, for peeling layers off recovered features.
@@ -261,7 +263,9 @@ def peel_layers(model: StagedNet, index: int, features: torch.Tensor) -> tuple[i
                     with torch.no_grad():
                         bias = layer(torch.zeros(1, *in_shape, dtype=layer.weight.dtype,
                                                  device=layer.weight.device)).flatten(1).double()
-                values = torch.linalg.lstsq(matrix.T, (values - bias).T).solution.T
+                # One pseudo-inverse for all rows: each row's input from its own output alone (a row that
+                # the fit got wrong must not spoil the others, as a joint least-squares solve would).
+                values = (values - bias) @ torch.linalg.pinv(matrix)
                 continue
             peeled = False
             break
