@@ -80,6 +80,10 @@ def test_wrong_labels_leave_a_residual(mnist_victims):
     recovery = recover_head_inputs(grads["stages.head.weight"], grads["stages.head.bias"], head.weight, head.bias,
                                    torch.tensor([[4, 5, 6, 7]]), starts=2)
     assert recovery.residual.min() > 1e-3
+    # The residual finds the labels: a wrong guess for one image is corrected, and the fit is exact again.
+    searched = recover_head_inputs(grads["stages.head.weight"], grads["stages.head.bias"], head.weight, head.bias,
+                                   torch.tensor([[0, 1, 2, 9]]), starts=4, search_labels=True)
+    assert searched.labels.tolist() == [[0, 1, 2, 3]] and searched.residual.max() < 1e-5
 
 
 def test_precode_inputs_follow_through_decoder_and_encoder(mnist_victims):

@@ -65,6 +65,7 @@ class HeadRecovery:
     output_errors: torch.Tensor  # (U, B, C) softmax - onehot per image, at the recovered features
     scales: torch.Tensor  # (U, B) each image's weight in the update (1/B for FedSGD's mean loss)
     residual: torch.Tensor  # (U,) relative residual of the fit: 0 where the gradient is reproduced exactly
+    labels: torch.Tensor | None = None  # (U, B) the labels the fit used (corrected where they were searched)
 
 
 def _output_errors(features: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: torch.Tensor, local_steps: int,
@@ -131,13 +132,38 @@ def _fit(K: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: 
     return A, math.sqrt(cost) if math.isfinite(cost) else float("inf")
 
 
+EXACT_FIT = 1e-5  # relative residual: float32 gradients leave about 1e-7; a wrong fit leaves far more
+
+
+def _fit_update(M: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
+                starts: int, steps: int, gen: torch.Generator, local_steps: int,
+                local_lr: float) -> tuple[torch.Tensor, float]:
+    """One update's best A over the label rows' start and up to `starts` perturbed ones."""
+    K = M @ V.T
+    Y = nn.functional.one_hot(labels, W.shape[0]).double()
+    start = M[labels] @ V.T  # each image's own class row: its dominant term
+    best_A, best = _fit(K, V, W, b, Y, start, steps, local_steps, local_lr)
+    scale = start.norm() / len(labels)
+    for k in range(starts):
+        if best < EXACT_FIT:
+            break
+        candidate = start + 0.1 * (k + 1) * scale * torch.randn(start.shape, generator=gen, dtype=torch.float64)
+        A, res = _fit(K, V, W, b, Y, candidate, steps, local_steps, local_lr)
+        if res < best:
+            best_A, best = A, res
+    return best_A, best
+
+
 def recover_head_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, weight: torch.Tensor,
                         bias: torch.Tensor, labels: torch.Tensor, starts: int = 8, steps: int = 50,
-                        seed: int = 0, local_steps: int = 1, local_lr: float = 0.01) -> HeadRecovery:
+                        seed: int = 0, local_steps: int = 1, local_lr: float = 0.01,
+                        search_labels: bool = False) -> HeadRecovery:
     """Each image's input to a linear head from the head's shared gradients.
 
     weight_grad (U, C, D), bias_grad (U, C), the head's weight (C, D) and bias (C,), labels (U, B).
-    In float64 throughout (the fit's residual is read at float64 precision)."""
+    With `search_labels` (labels inferred, not told), an update whose fit is not exact has its labels
+    corrected greedily: one image's label changed at a time, kept where the fit's residual drops, until
+    the fit is exact or no change helps; the labels used are returned. In float64 throughout."""
     updates, images = labels.shape
     classes = weight.shape[0]
     if images > classes:
@@ -150,28 +176,36 @@ def recover_head_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, weig
     errors = torch.empty(updates, images, classes, dtype=torch.float64)
     scales = torch.empty(updates, images, dtype=torch.float64)
     residuals = torch.empty(updates, dtype=torch.float64)
+    used = labels.clone()
     gen = generator(seed)
     for u in range(updates):
-        M, V = stacked[u], bases[u]
-        V = torch.linalg.qr(V.T)[0].T  # orthonormal rows
-        K = M @ V.T
-        Y = nn.functional.one_hot(labels[u], classes).double()
-        start = M[labels[u]] @ V.T  # each image's own class row: its dominant term
-        best_A, best = _fit(K, V, W, b, Y, start, steps, local_steps, local_lr)
-        scale = start.norm() / images
-        for k in range(starts):
-            if best < 1e-5:  # float32 gradients leave about 1e-7; a wrong fit leaves far more
+        M = stacked[u]
+        V = torch.linalg.qr(bases[u].T)[0].T  # orthonormal rows
+        current = labels[u].clone()
+        best_A, best = _fit_update(M, V, W, b, current, starts, steps, gen, local_steps, local_lr)
+        while search_labels and best >= EXACT_FIT:
+            trials = []
+            for i in range(images):
+                for c in range(classes):
+                    if c != int(current[i]):
+                        candidate = current.clone()
+                        candidate[i] = c
+                        A, res = _fit_update(M, V, W, b, candidate, 0, steps, gen, local_steps, local_lr)
+                        trials.append((res, candidate, A))
+            res, candidate, A = min(trials, key=lambda trial: trial[0])
+            if not res < 0.5 * best:
                 break
-            spread = 0.1 * (k + 1)
-            candidate = start + spread * scale * torch.randn(start.shape, generator=gen, dtype=torch.float64)
-            A, res = _fit(K, V, W, b, Y, candidate, steps, local_steps, local_lr)
-            if res < best:
-                best_A, best = A, res
-        _, features[u], errors[u], scales[u] = _residual(best_A, K, V, W, b, Y, local_steps, local_lr)
+            best, current, best_A = res, candidate, A
+            # The search's fits try one start each; the labels it settles on get every start.
+            best_A, best = min([(best_A, best), _fit_update(M, V, W, b, current, starts, steps, gen, local_steps,
+                                                            local_lr)], key=lambda fit: fit[1])
+        used[u] = current
+        Y = nn.functional.one_hot(current, classes).double()
+        _, features[u], errors[u], scales[u] = _residual(best_A, M @ V.T, V, W, b, Y, local_steps, local_lr)
         residuals[u] = best
     # A failed fit can divide by a vanishing bias coordinate: keep such rows finite (they are wrong either way).
     features = torch.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0).clamp(-1e6, 1e6)
-    return HeadRecovery(features, errors, scales, residuals)
+    return HeadRecovery(features, errors, scales, residuals, used)
 
 
 def recover_precode_inputs(view: ServerView, recovery: HeadRecovery, rounds: int = 4) -> torch.Tensor:
@@ -339,6 +373,7 @@ class HeadInversion(RowOptimisation):
     # Where the model has PRECODE right before the head: invert PRECODE's input recovered through the
     # encoder ("encoder"), or the decoder's output, the head's input ("head").
     precode_target: str = "encoder"
+    search_labels: bool = True  # with inferred labels, correct them where the head's fit is not exact
     peel: bool = True  # invert the recovered features back through invertible layers first (peel_layers)
     # Then Inverting Gradients on the whole update from the inverted features (0: no refinement), over
     # every gradient ("all") or those before PRECODE ("before_precode"), plus the feature term.
@@ -363,14 +398,19 @@ class HeadInversion(RowOptimisation):
         owner, head = head_module(model)
         if head.bias is None:
             raise ValueError("the head attack needs a head with a bias")
-        labels = view.labels
-        if labels is None:
+        labels = view.labels if self.labels == "known" else None
+        if self.labels == "known" and labels is None:
+            raise ValueError("attack labels: 'known' but the server view has no labels")
+        inferred = labels is None
+        if inferred:
             labels = infer_update_labels(model, view.gradients, per_update, self.label_strategy)
         labels = labels.cpu().view(view.num_updates, per_update)
         fit_seed = seed if isinstance(seed, int) else int(seed[0])
         recovery = recover_head_inputs(view.gradients[f"{owner}.weight"].cpu(), view.gradients[f"{owner}.bias"].cpu(),
                                        head.weight.cpu(), head.bias.cpu(), labels, starts=self.fit_starts,
-                                       seed=fit_seed, local_steps=view.local_steps, local_lr=view.local_lr)
+                                       seed=fit_seed, local_steps=view.local_steps, local_lr=view.local_lr,
+                                       search_labels=inferred and self.search_labels)
+        labels = recovery.labels
         index = head_index(model)
         targets = recovery.features
         through_precode = model.has_precode and model.precode_index == index
