@@ -134,6 +134,12 @@ class JobRecord:
         self.attachments.append(dict(run_name=run_name, metrics={k: float(v) for k, v in metrics.items()},
                                      timestamp=int(time.time() * 1000)))
 
+    def attach_artifact(self, run_name: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """A file that belongs to another job's run (the evaluate job's picture of an attack's
+        reconstructions, found by the attack run's name when mirrored)."""
+        self.attachments.append(dict(run_name=run_name, metrics={}, timestamp=int(time.time() * 1000),
+                                     artifacts=[(str(Path(path).resolve()), artifact_path)]))
+
     def log_parent_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """A file for the invocation's parent run (the study's answer: its verdict table)."""
         self.parent["artifacts"].append((str(Path(path).resolve()), artifact_path))
@@ -368,8 +374,8 @@ class Mirror:
                                                    for k, v in own["metrics"].items()])
 
     def _attach(self, record: dict) -> None:
-        """Metrics for another job's run, found by its name. Logged again after an interrupted pass:
-        MLflow keeps one copy of an identical metric."""
+        """Metrics and files for another job's run, found by its name. Logged again after an interrupted
+        pass: MLflow keeps one copy of an identical metric, and a file overwrites itself."""
         from mlflow.entities import Metric
 
         for attached in record.get("attachments", []):
@@ -378,8 +384,12 @@ class Mirror:
             if target is None:
                 log.warning("MLflow: no run named %s to attach metrics to", attached["run_name"])
                 continue
-            self.client.log_batch(target, metrics=[Metric(k, v, attached["timestamp"], 0)
-                                                   for k, v in attached["metrics"].items()])
+            if attached["metrics"]:
+                self.client.log_batch(target, metrics=[Metric(k, v, attached["timestamp"], 0)
+                                                       for k, v in attached["metrics"].items()])
+            for path, artifact_path in attached.get("artifacts", []):
+                if Path(path).exists():
+                    self.client.log_artifact(target, path, artifact_path)
 
 
 def mirror_records(records_dir: str | os.PathLike, tracking_uri: str, experiment: str,
