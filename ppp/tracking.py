@@ -144,9 +144,11 @@ class JobRecord:
         """A file for the invocation's parent run (the study's answer: its verdict table)."""
         self.parent["artifacts"].append((str(Path(path).resolve()), artifact_path))
 
-    def log_parent_table(self, csv_path: str | os.PathLike, artifact_file: str) -> None:
-        """A CSV shown as a table on the parent run (MLflow's log_table, a JSON artifact its UI renders)."""
-        self.parent["tables"].append((str(Path(csv_path).resolve()), artifact_file))
+    def log_parent_table(self, csv_path: str | os.PathLike, artifact_file: str,
+                         first_columns: list[str] | None = None) -> None:
+        """A CSV shown as a table on the parent run (MLflow's log_table, a JSON artifact its UI renders),
+        with `first_columns` moved to the left (what a reader looks for before scrolling)."""
+        self.parent["tables"].append((str(Path(csv_path).resolve()), artifact_file, list(first_columns or [])))
 
     def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
         self.parent["metrics"].update({k: float(v) for k, v in metrics.items()})
@@ -366,9 +368,12 @@ class Mirror:
         for path, artifact_path in own.get("artifacts", []):
             if Path(path).exists():
                 self.client.log_artifact(parent, path, artifact_path)
-        for path, artifact_file in own.get("tables", []):
+        for path, artifact_file, *first in own.get("tables", []):
             if Path(path).exists():
-                self.client.log_table(parent, data=pd.read_csv(path), artifact_file=artifact_file)
+                data = pd.read_csv(path)
+                front = [c for c in (first[0] if first else []) if c in data.columns]
+                data = data[front + [c for c in data.columns if c not in front]]
+                self.client.log_table(parent, data=data, artifact_file=artifact_file)
         if own.get("metrics"):
             self.client.log_batch(parent, metrics=[Metric(k, v, record["end_ms"], 0)
                                                    for k, v in own["metrics"].items()])
