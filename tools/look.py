@@ -106,7 +106,7 @@ def look_at_mlflow(page: Browser, base: str, ids: dict, out: Path) -> list[tuple
     page.open(f"{experiment}/runs?searchFilter={urllib.parse.quote(search)}", 1600, 1000, before_load=MLFLOW_SETTINGS)
     page.wait_for("document.body.innerText.includes('matching run')", timeout=60, settle=3)
     # The matching runs are nested under their invocation's parent run: unfold it, as a reader would.
-    page.evaluate("document.querySelector('[data-component-id$=runnamecellrenderer.tsx_46]')?.click()")
+    page.evaluate("document.querySelector('[data-component-id$=\"runnamecellrenderer.tsx_46\"]')?.click()")
     time.sleep(2)
     shots.append((page.screenshot(out / "mlflow_runs.png"), f"the runs table, searched for {search}"))
     if ids["attack"] is not None:
