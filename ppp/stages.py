@@ -7,6 +7,7 @@ outputs atomically, so a crash leaves either the old file or none.
 from __future__ import annotations
 
 import json
+import math
 import os
 import logging
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ from ppp.attacks.registry import attack_needs_precode
 from ppp.client import ClientSetting, client_update, dpsgd_epsilon, form_updates
 from ppp.defenses import build_defense
 from ppp.gradients import set_model_mode
-from ppp.io import ArtifactError, load_tensors, read_json, save_tensors, sha256, write_json
+from ppp.io import ArtifactError, load_tensors, read_json, save_tensors, sha256, tensor_metadata, write_json
 from ppp.metrics import image_metrics
 from ppp.models import PrecodeSpec, StagedNet, build_model
 from ppp.seeding import derive_seed, generator, seeded
@@ -308,6 +309,7 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
                 tensors["images_half"] = half_images[lo * per_update: hi * per_update]
             save_tensors(cells[i].out, tensors,
                          metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}",
+                                   "iterations": str(attack.iterations),
                                    "engine": str(result.engine), "images_per_update": str(setting.images),
                                    "local_steps": str(setting.local_steps), "labels": attack.labels,
                                    "cells_in_pass": str(len(members))})
@@ -384,7 +386,8 @@ def match_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor
 
 def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: str, out_grid: str,
                    grid_images: int = 8, lpips=None, out_images: str | None = None,
-                   ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, str]]:
+                   ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, str],
+                              dict[str, dict[int, float]]]:
     """Per-victim MSE, PSNR and SSIM of every cell; only this stage reads both victims and reconstructions.
 
     An update's reconstructions are first matched to its originals (match_reconstructions); metrics are
@@ -394,7 +397,8 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
     reconstructions, each captioned with PSNR and SSIM); returns each cell's mean metrics keyed for the
     evaluate run, each cell's mean and median metrics keyed by the attack run that made it (so every
     attack run shows its own quality), and, with `out_images` (a folder), each attack run's own small
-    grid (its originals above its reconstructions) written there. `lpips`
+    grid (its originals above its reconstructions) written there, and per attack run the median SSIM of
+    its convergence-checked images at half and at the full budget, keyed by iteration. `lpips`
     (ppp.lpips_metric.load_lpips) adds LPIPS; without it the column stays empty."""
     import pandas as pd
 
@@ -402,7 +406,7 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
     from ppp.report import RECONSTRUCTION_COLUMNS, write_csv
 
     victims = load_tensors(victims_path, required=("images", "labels"))
-    rows, grid_rows, means, per_attack_run = [], [], {}, {}
+    rows, grid_rows, means, per_attack_run, ssim_steps = [], [], {}, {}, {}
     for path in reconstruction_paths:
         cell = parse_cell(path)
         loaded = load_tensors(path, required=("images",))
@@ -449,6 +453,15 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
             own[f"{metric}_mean"], own[f"{metric}_median"] = float(values.mean()), float(values.quantile(0.5))
             means[f"{metric}_mean.{key}"] = own[f"{metric}_mean"]
         per_attack_run[attack_run_name(path)] = own
+        # SSIM along the attack's budget, on the images it ran again at half the budget (the
+        # convergence check): the median at half and at the full budget, keyed by iteration.
+        iterations = int(tensor_metadata(path).get("iterations", 0))
+        checked = [r for r in cell_rows if math.isfinite(r["ssim_half"])]
+        if iterations >= 2 and checked:
+            halves = torch.tensor([r["ssim_half"] for r in checked], dtype=torch.float64)
+            finals = torch.tensor([r["ssim"] for r in checked], dtype=torch.float64)
+            ssim_steps[attack_run_name(path)] = {iterations // 2: float(halves.quantile(0.5)),
+                                                 iterations: float(finals.quantile(0.5))}
         grid_rows.append((cell, GridRow(f"{defense_label(cell['defense'], cell['noise_scale'])}\n{cell['attack']}",
                                         matched, [r["psnr"] for r in cell_rows], [r["ssim"] for r in cell_rows]),
                           own["ssim_median"], own["psnr_median"]))
@@ -476,4 +489,4 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
             reconstruction_grid(victims["images"][:n], [row], out, max_images=grid_images,
                                 title=attack_run_name(path))
             images[attack_run_name(path)] = out
-    return means, per_attack_run, images
+    return means, per_attack_run, images, ssim_steps

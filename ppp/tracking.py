@@ -129,10 +129,10 @@ class JobRecord:
         self.inputs.append(dict(name=name, digest=digest, source=source, context=context,
                                 profile=json.dumps(dict(profile or {}), sort_keys=True)))
 
-    def attach_metrics(self, run_name: str, metrics: Mapping[str, float]) -> None:
-        """Metrics that belong to another job's run (found by its run name when mirrored)."""
+    def attach_metrics(self, run_name: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Metrics that belong to another job's run (found by its run name when mirrored), at `step`."""
         self.attachments.append(dict(run_name=run_name, metrics={k: float(v) for k, v in metrics.items()},
-                                     timestamp=int(time.time() * 1000)))
+                                     timestamp=int(time.time() * 1000), step=int(step)))
 
     def attach_artifact(self, run_name: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """A file that belongs to another job's run (the evaluate job's picture of an attack's
@@ -390,7 +390,8 @@ class Mirror:
                 log.warning("MLflow: no run named %s to attach metrics to", attached["run_name"])
                 continue
             if attached["metrics"]:
-                self.client.log_batch(target, metrics=[Metric(k, v, attached["timestamp"], 0)
+                step = attached.get("step", 0)
+                self.client.log_batch(target, metrics=[Metric(k, v, attached["timestamp"], step)
                                                        for k, v in attached["metrics"].items()])
             for path, artifact_path in attached.get("artifacts", []):
                 if Path(path).exists():

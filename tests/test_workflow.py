@@ -166,6 +166,13 @@ def test_every_attack_run_shows_its_reconstruction_and_every_training_run_its_cu
         on_disk = results / "eval" / tags["wildcard.dataset"] / tags["wildcard.arch"] / tags["wildcard.client"] / \
             tags["wildcard.state"] / "images" / Path(images[0]).name
         assert Path(local).read_bytes() == on_disk.read_bytes()
+        # Its loss at every progress step, and the SSIM of its checked images at half and at the full budget.
+        iterations = int(run.data.params["attack_options.iterations"])
+        if run.data.params.get("attack_options.progress_every") not in (None, "0"):  # not set in test.yaml
+            assert len(client.get_metric_history(run.info.run_id, "gradient_loss_mean")) >= 1
+        ssim = client.get_metric_history(run.info.run_id, "ssim_median_checked")
+        assert sorted(m.step for m in ssim) == [iterations // 2, iterations]
+        assert all(-1 <= m.value <= 1 for m in ssim)
     # A cell is found by its params with the UI's search.
     found = client.search_runs([experiment.experiment_id], "params.defense = 'ppp' and params.attack = 'latent' "
                                "and params.client = 'b2s2' and params.sigma = '0.1' and params.dataset = 'mnist'")
