@@ -402,7 +402,8 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
     (ppp.lpips_metric.load_lpips) adds LPIPS; without it the column stays empty."""
     import pandas as pd
 
-    from ppp.figures import DEFENSE_ORDER, GridRow, client_label, defense_label, reconstruction_grid
+    from ppp.figures import (DEFENSE_ORDER, GridRow, client_label, defense_label, reconstruction_grid,
+                             reconstruction_pair)
     from ppp.report import RECONSTRUCTION_COLUMNS, write_csv
 
     victims = load_tensors(victims_path, required=("images", "labels"))
@@ -486,7 +487,6 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
         os.makedirs(out_images, exist_ok=True)
         for path, (cell, row, _, _) in zip(reconstruction_paths, grid_rows):
             out = os.path.join(out_images, f"{cell['defense']}_{cell['noise_scale']:g}_{cell['attack']}.png")
-            reconstruction_grid(victims["images"][:n], [row], out, max_images=grid_images,
-                                title=attack_run_name(path))
+            reconstruction_pair(victims["images"][:n], row, out, max_images=grid_images, title=attack_run_name(path))
             images[attack_run_name(path)] = out
     return means, per_attack_run, images, ssim_steps
