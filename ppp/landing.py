@@ -130,17 +130,19 @@ def landing_rst(verdicts: pd.DataFrame, config: Mapping | None = None) -> str:
                                                                                           claims], rows)
     protects = verdicts[verdicts.claim == "protects"]
     if len(protects):
-        defences = sorted(set(zip(protects.defense, protects.noise_scale.astype(float))),
-                          key=lambda d: (DEFENSE_ORDER.index(d[0]) if d[0] in DEFENSE_ORDER else 99, d[1]))
+        # One row per setting, one column per defence; a cell lists the defence's sigmas there (the grid
+        # of sigmas may differ between architectures).
+        defences = sorted(set(protects.defense), key=lambda d: DEFENSE_ORDER.index(d) if d in DEFENSE_ORDER else 99)
         shown = [key for key in settings if len(protects[protects[SETTING].apply(tuple, axis=1) == key])]
         rows = []
-        for defense, sigma in defences:
-            row = [defense_label(defense, sigma)]
-            for key in shown:
-                found = protects[(protects[SETTING].apply(tuple, axis=1) == key) & (protects.defense == defense)
-                                 & np.isclose(protects.noise_scale.astype(float), sigma)]
-                row.append(verdict_cell(found.iloc[0]) if len(found) else "")
+        for key in shown:
+            here = protects[protects[SETTING].apply(tuple, axis=1) == key]
+            row = [_setting_name(key)]
+            for defense in defences:
+                cells = here[here.defense == defense].sort_values("noise_scale")
+                row.append("; ".join((f"σ={float(c.noise_scale):g} " if float(c.noise_scale) else "") + verdict_cell(c)
+                                     for _, c in cells.iterrows()))
             rows.append(row)
         lines += _list_table("Does the defence protect? (strongest attack's median SSIM, 95% interval)",
-                             ["defence"] + [_setting_name(k) for k in shown], rows)
+                             ["setting"] + defences, rows)
     return "\n".join(lines)
