@@ -14,11 +14,11 @@ import pandas as pd
 
 from ppp.figures import DEFENSE_ORDER, client_label, defense_label
 
-CLAIM_TITLES = {
-    "F1": "F1 IG leaks",
-    "F2": "F2 PRECODE stops IG only",
-    "F3": "F3 PPP stops all",
-    "F4": "F4 PPP keeps accuracy",
+CLAIM_TITLES = {  # the claim, then the statistic its cells show
+    "F1": "F1 IG leaks: SSIM",
+    "F2": "F2 PRECODE stops IG only: targeted − IG, dB",
+    "F3": "F3 PPP stops all: SSIM",
+    "F4": "F4 PPP keeps accuracy: drop",
 }
 SETTING = ["dataset", "arch", "batch_size", "local_steps", "model_state"]
 
@@ -42,27 +42,16 @@ def interval(estimate, low, high, digits: int = 2) -> str:
 
 
 def verdict_cell(row: pd.Series) -> str:
-    """One claim's verdict in bold, its statistic with the 95% interval, and the attack it rests on."""
-    digits = 1 if "PSNR" in str(row.get("statistic", "")) else 2
-    if str(row.get("statistic", "")).startswith("paired test accuracy"):
-        digits = 3
+    """One verdict in bold, then its statistic with the 95% interval (the column says which statistic)."""
+    statistic = str(row.get("statistic", ""))
+    digits = 3 if statistic.startswith("paired test accuracy") else 1 if "PSNR" in statistic else 2
     parts = [f"**{row.verdict}**"]
     shown = interval(row.estimate, row.ci_low, row.ci_high, digits)
     if shown:
-        parts.append(f"{_short_statistic(row)} {shown}")
+        parts.append(shown)
     if isinstance(row.get("indicative"), str) and row.indicative:
         parts.append(f"(indicative: {row.indicative})")
     return " ".join(parts)
-
-
-def _short_statistic(row: pd.Series) -> str:
-    statistic = str(row.get("statistic", ""))
-    if statistic.startswith("paired test accuracy"):
-        return "acc. drop"
-    if "PSNR" in statistic:
-        return "ΔPSNR dB"
-    attack = row.get("attack")
-    return f"SSIM ({attack})" if isinstance(attack, str) and attack else "SSIM"
 
 
 def _list_table(title: str, header: list[str], rows: list[list[str]], widths: str = "auto") -> list[str]:
@@ -126,7 +115,7 @@ def landing_rst(verdicts: pd.DataFrame, config: Mapping | None = None) -> str:
             row.append(verdict_cell(found.iloc[0]) if len(found) else "")
         rows.append(row)
     if claims:
-        lines += _list_table("The paper's claims (statistic, 95% interval)", ["setting"] + [CLAIM_TITLES[c] for c in
+        lines += _list_table("The paper's claims (verdict, statistic [95% interval])", ["setting"] + [CLAIM_TITLES[c] for c in
                                                                                           claims], rows)
     protects = verdicts[verdicts.claim == "protects"]
     if len(protects):
@@ -143,6 +132,7 @@ def landing_rst(verdicts: pd.DataFrame, config: Mapping | None = None) -> str:
                 row.append("; ".join((f"σ={float(c.noise_scale):g} " if float(c.noise_scale) else "") + verdict_cell(c)
                                      for _, c in cells.iterrows()))
             rows.append(row)
-        lines += _list_table("Does the defence protect? (strongest attack's median SSIM, 95% interval)",
+        lines += _list_table("Does the defence protect? (median SSIM of the strongest attack, 95% interval; "
+                             "which attack: worst_case.png)",
                              ["setting"] + defences, rows)
     return "\n".join(lines)

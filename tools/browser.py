@@ -170,8 +170,12 @@ class Browser:
             time.sleep(0.3)
         return False
 
-    def screenshot(self, out: str | os.PathLike) -> Path:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
+    def screenshot(self, out: str | os.PathLike, clip: dict | None = None) -> Path:
+        """The viewport, or the page region `clip` (x, y, width, height in CSS pixels) as a PNG."""
+        params = {"format": "png"}
+        if clip:
+            params.update(clip={**clip, "scale": 1}, captureBeyondViewport=True)
+        data = self.call("Page.captureScreenshot", **params)["data"]
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))

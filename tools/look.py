@@ -84,10 +84,19 @@ def build_report(configfile: str, results: Path) -> Path:
 
 def look_at_report(page: Browser, report: Path, out: Path) -> list[tuple[Path, str]]:
     """The report's landing page (the workflow description), and one figure opened as a reader would."""
-    page.open(report.as_uri(), 1300, 2100)
+    page.open(report.as_uri(), 1400, 1000)
     if not page.wait_for("document.body.innerText.includes('The answer')", timeout=60):
         raise RuntimeError(f"look: {report}: the landing page shows no verdicts ('The answer')")
-    shots = [(page.screenshot(out / "report_landing.png"), "the report's landing page")]
+    # The report centres its description in the window: a window taller than the description shows all
+    # of it; the shot keeps the navigation and the description, not the rule graph beside it.
+    description = "[...document.querySelectorAll('h1')].find(h => h.innerText.includes('Gradient leakage')).parentElement"
+    height = page.evaluate(f"{description}.getBoundingClientRect().height")
+    page.call("Emulation.setDeviceMetricsOverride", width=1400, height=int(height) + 120, deviceScaleFactor=1,
+              mobile=False)
+    time.sleep(1)
+    box = page.evaluate(f"(() => {{ const r = {description}.getBoundingClientRect(); "
+                        "return {x: 0, y: Math.max(0, r.top - 20), width: r.right + 8, height: r.height + 40}; })()")
+    shots = [(page.screenshot(out / "report_landing.png", clip=box), "the report's landing page")]
     # The report's app has no address per result: open the figure through it, as a click would.
     page.evaluate(f"(() => {{ const path = {json.dumps(REPORT_FIGURE)}; app.showResultInfo(path); "
                   "app.setView({content: 'img', contentPath: results[path].data_uri, resultPath: path}); })()")
