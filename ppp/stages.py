@@ -7,9 +7,9 @@ outputs atomically, so a crash leaves either the old file or none.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -384,6 +384,22 @@ def match_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor
     return order
 
 
+def strongest_per_defense(entries: list[tuple]) -> list[tuple]:
+    """Of (cell, row, median SSIM, median PSNR) entries, the strongest attack's per defence and sigma
+    (highest median SSIM, ties: the higher PSNR, then the first), as ppp.report ranks attacks; in the
+    order of ppp.figures.DEFENSE_ORDER, then sigma."""
+    from ppp.figures import DEFENSE_ORDER
+
+    strongest: dict[tuple, tuple] = {}
+    for entry in entries:
+        cell, _, ssim, psnr = entry
+        key = (cell["defense"], cell["noise_scale"])
+        if key not in strongest or (ssim, psnr) > strongest[key][2:]:
+            strongest[key] = entry
+    rank = {d: i for i, d in enumerate(DEFENSE_ORDER)}
+    return [strongest[k] for k in sorted(strongest, key=lambda k: (rank.get(k[0], len(rank)), k[1]))]
+
+
 def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: str, out_grid: str,
                    grid_images: int = 8, lpips=None, out_images: str | None = None,
                    ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, str],
@@ -402,8 +418,7 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
     (ppp.lpips_metric.load_lpips) adds LPIPS; without it the column stays empty."""
     import pandas as pd
 
-    from ppp.figures import (DEFENSE_ORDER, GridRow, client_label, defense_label, reconstruction_grid,
-                             reconstruction_pair)
+    from ppp.figures import GridRow, client_label, defense_label, reconstruction_grid, reconstruction_pair
     from ppp.report import RECONSTRUCTION_COLUMNS, write_csv
 
     victims = load_tensors(victims_path, required=("images", "labels"))
@@ -468,20 +483,12 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
                           own["ssim_median"], own["psnr_median"]))
     write_csv(pd.DataFrame(rows, columns=RECONSTRUCTION_COLUMNS), out_csv)
     n = max((r.images.shape[0] for _, r, _, _ in grid_rows), default=1)
-    # One row per defence and sigma: its strongest attack (highest median SSIM, ties: PSNR), as the tables rank.
-    strongest: dict[tuple, tuple] = {}
-    for entry in grid_rows:
-        cell, _, ssim, psnr = entry
-        key = (cell["defense"], cell["noise_scale"])
-        if key not in strongest or (ssim, psnr) > strongest[key][2:]:
-            strongest[key] = entry
-    order = sorted(strongest, key=lambda k: (DEFENSE_ORDER.index(k[0]) if k[0] in DEFENSE_ORDER else 99, k[1]))
     first = grid_rows[0][0] if grid_rows else None
-    setting = "" if first is None else (f"{first['dataset']} / {first['arch']}, "
-                                        f"{client_label(first['batch_size'], first['local_steps'])}, {first['model_state']} model: "
-                                        "originals, then the strongest attack per defence")
-    reconstruction_grid(victims["images"][:n], [strongest[k][1] for k in order], out_grid, max_images=grid_images,
-                        title=setting)
+    setting = "" if first is None else (
+        f"{first['dataset']} / {first['arch']}, {client_label(first['batch_size'], first['local_steps'])}, "
+        f"{first['model_state']} model: originals, then the strongest attack per defence")
+    reconstruction_grid(victims["images"][:n], [row for _, row, _, _ in strongest_per_defense(grid_rows)], out_grid,
+                        max_images=grid_images, title=setting)
     images = {}
     if out_images is not None:
         os.makedirs(out_images, exist_ok=True)

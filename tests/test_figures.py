@@ -148,3 +148,16 @@ def test_landing_page_states_the_preset():
     text = landing_rst(table, config)
     assert "The preset that ran" in text and "mnist, cifar10" in text
     assert "**lenet**" in text and "16 images per cell" in text
+
+
+def test_the_grid_shows_each_defence_once_with_its_strongest_attack():
+    from ppp.stages import strongest_per_defense
+
+    def entry(defense, sigma, attack, ssim, psnr):
+        return (dict(defense=defense, noise_scale=sigma, attack=attack), attack, ssim, psnr)
+
+    entries = [entry("ppp", 0.1, "ig", 0.10, 12.0), entry("ppp", 0.1, "analytic", 0.80, 20.0),
+               entry("ppp", 0.1, "latent", 0.80, 25.0), entry("none", 0.0, "ig", 0.99, 40.0),
+               entry("ppp", 1.0, "ig", 0.05, 9.0), entry("noise", 0.1, "ig", 0.3, 15.0)]
+    shown = [(c["defense"], c["noise_scale"], attack) for c, attack, _, _ in strongest_per_defense(entries)]
+    assert shown == [("none", 0.0, "ig"), ("noise", 0.1, "ig"), ("ppp", 0.1, "latent"), ("ppp", 1.0, "ig")]
