@@ -9,7 +9,7 @@ MLFLOW_PORT ?= 5000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ppp-installed
 
-.PHONY: run test lint ui mlflow-server cluster-test dry-run paper-dry-run clean-results venv gpu-check
+.PHONY: run test lint ui look mlflow-server cluster-test dry-run paper-dry-run clean-results venv gpu-check
 
 # Resumes by itself after a crash or kill -9 (tools/run_workflow.sh): a stale lock is removed only when
 # no run is alive here, and half-written outputs are redone.
@@ -41,6 +41,14 @@ gpu-check: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow/mlflow.db \
 		--default-artifact-root $(CURDIR)/results/mlflow/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# What a researcher sees of the finished study (after make run): builds the report
+# (results/report/report.html, also logged to the study's parent MLflow run), starts the MLflow UI on
+# localhost, and saves screenshots of the report's landing page, a figure, the runs table, an attack run's
+# reconstruction, a training run's curves and the verdict table under results/look/ (headless Chromium:
+# Debian's chromium, installed with apt-get where missing and run as root). The UI is stopped afterwards.
+look: $(STAMP)
+	$(BIN)/python tools/look.py --configfile $(CONFIG) --install
 
 # An MLflow tracking server for cluster runs: point jobs at it with
 # MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT). Binds to this machine only unless MLFLOW_HOST is set.

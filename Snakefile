@@ -11,6 +11,10 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# The report's landing page: the study's questions, the preset and the verdicts (ppp.landing).
+report: "workflow/report/workflow.rst"
+
+
 try:
     validate_config(config)
     check_victim_files(config)
@@ -36,4 +40,6 @@ rule all:
         ),
         privacy_utility="results/plots/privacy_utility.png",
         batch_size="results/plots/batch_size.png",
+        worst_case="results/plots/worst_case.png",
+        landing="results/report/landing.rst",
         grids=reconstruction_grids(),

@@ -112,6 +112,17 @@ def load_tensors(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dic
     return tensors
 
 
+def tensor_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata a safetensors file was saved with (empty where it has none or is unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return {}
+
+
 def _is_empty(path: str | os.PathLike) -> bool:
     try:
         return os.path.getsize(path) == 0

@@ -1,14 +1,14 @@
-"""Tables and plots from the per-victim metrics and the per-model utilities."""
+"""Tables from the per-victim metrics and the per-model utilities (the figures: ppp.figures)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
-import torch
 
+from ppp.figures import per_epoch
 from ppp.io import atomic_path, read_json
 from ppp.verdicts import Thresholds, at_most, paired_accuracy_drop  # noqa: F401 (re-exported)
 
@@ -67,8 +67,7 @@ def learning_curves(utility: pd.DataFrame) -> dict[tuple, list[float]]:
     decide whether accuracy claims are judged (a model still learning is not)."""
     curves = {}
     for _, row in utility[(utility.defense == "none") & (utility.noise_scale == 0)].iterrows():
-        text = row.test_accuracy_per_epoch if isinstance(row.test_accuracy_per_epoch, str) else ""
-        curves[(row.dataset, row.arch)] = [float(a) for a in text.split(";") if a]
+        curves[(row.dataset, row.arch)] = per_epoch(row.test_accuracy_per_epoch)
     return curves
 
 
@@ -178,167 +177,6 @@ def worst_case(summary: pd.DataFrame, verdict_table: pd.DataFrame) -> pd.DataFra
 def verdict_thresholds(verdict_table: pd.DataFrame) -> Thresholds:
     """The thresholds a verdict table was judged with (kept in its attrs by ppp.verdicts.judge)."""
     return verdict_table.attrs.get("thresholds", Thresholds())
-
-
-def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
-    """Per dataset x architecture: test accuracy against the strongest attack's median SSIM (every
-    attack tried on the cell; the point is labelled with sigma and that attack), one line per defence
-    over its noise scales, for the smallest client update of the study (one image, one step where it is
-    there; `batch_size_plot` shows the others)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    accuracy = summary.groupby(MODEL_CELL, sort=False).test_accuracy.first().rename("test_accuracy")
-    strongest = (strongest_attacks(summary).rename(columns={"strongest_ssim_median": "ssim"})
-                 .merge(accuracy.reset_index(), on=MODEL_CELL, how="left"))
-    if len(strongest):
-        smallest = strongest.sort_values(CLIENT).iloc[0]
-        strongest = strongest[(strongest.batch_size == smallest.batch_size)
-                              & (strongest.local_steps == smallest.local_steps)]
-    datasets, archs = sorted(strongest.dataset.unique()), list(dict.fromkeys(strongest.arch))
-    fig, axes = plt.subplots(len(datasets), len(archs), figsize=(3.2 * len(archs), 3.0 * len(datasets)),
-                             squeeze=False)
-    for i, dataset in enumerate(datasets):
-        for j, arch in enumerate(archs):
-            ax = axes[i][j]
-            cell = strongest[(strongest.dataset == dataset) & (strongest.arch == arch)]
-            for defense in [d for d in DEFENSE_ORDER if d in set(cell.defense)]:
-                rows = cell[cell.defense == defense].sort_values("noise_scale")
-                # Without training (training.enabled: false) there is no accuracy: no points to place.
-                accuracy_of = pd.to_numeric(rows.test_accuracy, errors="coerce").astype(float)
-                ax.plot(accuracy_of, rows.ssim, marker="o", label=defense)
-                for (_, row), acc in zip(rows.iterrows(), accuracy_of):
-                    if np.isfinite(acc):
-                        label = f"{row.noise_scale:g} " if row.noise_scale > 0 else ""
-                        ax.annotate(label + row.strongest_attack, (acc, row.ssim), fontsize=5)
-            if not cell.empty and pd.to_numeric(cell.test_accuracy, errors="coerce").isna().all():
-                ax.text(0.5, 0.5, "no test accuracy\n(training off)", ha="center", va="center",
-                        transform=ax.transAxes, fontsize=8)
-            ax.set_title(f"{dataset} / {arch}", fontsize=9)
-            ax.set_xlabel("test accuracy", fontsize=8)
-            ax.set_ylabel("median SSIM, strongest attack", fontsize=8)
-            ax.set_ylim(-0.05, 1.05)
-            ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-
-
-def batch_size_plot(summary: pd.DataFrame, path: str | Path) -> None:
-    """Per dataset x architecture: the strongest attack's median SSIM against images per update, one
-    line per defence and sigma (one local step: FedSGD); FedAvg settings (more local steps) as open
-    markers of the same colour."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    strongest = strongest_attacks(summary)
-    datasets, archs = sorted(strongest.dataset.unique()), list(dict.fromkeys(strongest.arch))
-    fig, axes = plt.subplots(max(1, len(datasets)), max(1, len(archs)),
-                             figsize=(3.6 * max(1, len(archs)), 3.2 * max(1, len(datasets))), squeeze=False)
-    order = {d: i for i, d in enumerate(DEFENSE_ORDER)}
-    for i, dataset in enumerate(datasets):
-        for j, arch in enumerate(archs):
-            ax = axes[i][j]
-            cell = strongest[(strongest.dataset == dataset) & (strongest.arch == arch)]
-            lines = sorted(cell.groupby(["defense", "noise_scale"]).groups,
-                           key=lambda k: (order.get(k[0], len(order)), k[1]))
-            ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # more lines than the default 10 colours
-            for defense, sigma in lines:
-                rows = cell[(cell.defense == defense) & (cell.noise_scale == sigma)].sort_values(CLIENT)
-                label = defense + (f" {sigma:g}" if sigma else "")
-                fedsgd = rows[rows.local_steps == 1]
-                (line,) = ax.plot(fedsgd.batch_size, fedsgd.strongest_ssim_median, marker="o", markersize=3,
-                                  linewidth=1, label=label)
-                fedavg = rows[rows.local_steps > 1]
-                ax.scatter(fedavg.batch_size, fedavg.strongest_ssim_median, facecolors="none",
-                           edgecolors=line.get_color(), s=25)
-            ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
-            ax.set_title(f"{dataset} / {arch}", fontsize=9)
-            ax.set_xlabel("images per update (open: FedAvg)", fontsize=8)
-            ax.set_ylabel("median SSIM, strongest attack", fontsize=8)
-            ax.set_xscale("log", base=2)
-            ax.set_ylim(-0.05, 1.05)
-            ax.tick_params(labelsize=7)
-    axes[0][-1].legend(fontsize=5, ncol=2, loc="upper right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-
-
-def learning_curve_plot(utility: pd.DataFrame, path: str | Path, plateau_epochs: int = 2,
-                        plateau_gain: float = 0.005) -> None:
-    """Test accuracy after every epoch, one panel per dataset x architecture, one line per defence and
-    sigma; the undefended model's line is black and its title says whether it has plateaued (the rule of
-    ppp.verdicts, which decides whether accuracy claims are judged)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ppp.verdicts import Thresholds, plateaued
-
-    rule = Thresholds(plateau_epochs=plateau_epochs, plateau_gain=plateau_gain)
-    from matplotlib.ticker import MaxNLocator
-
-    datasets, archs = sorted(set(utility.dataset)), list(dict.fromkeys(utility.arch))
-    fig, axes = plt.subplots(max(1, len(datasets)), max(1, len(archs)),
-                             figsize=(3.8 * max(1, len(archs)), 3.0 * max(1, len(datasets))), squeeze=False)
-    order = {d: i for i, d in enumerate(DEFENSE_ORDER)}
-    for ax, (dataset, arch) in zip(axes.flat, [(d, a) for d in datasets for a in archs]):
-        rows = utility[(utility.dataset == dataset) & (utility.arch == arch)]
-        rows = rows.assign(_order=rows.defense.map(lambda d: order.get(d, len(order)))).sort_values(
-            ["_order", "noise_scale"])
-        title = f"{dataset} / {arch}"
-        for _, row in rows.iterrows():
-            text = row.test_accuracy_per_epoch if isinstance(row.test_accuracy_per_epoch, str) else ""
-            curve = [float(a) for a in text.split(";") if a]
-            if not curve:
-                continue
-            label = row.defense + (f" {row.noise_scale:g}" if row.noise_scale else "")
-            undefended = row.defense == "none"
-            ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=2.5, label=label,
-                    color="black" if undefended else None, linewidth=2 if undefended else 1)
-            if undefended:
-                title += "\n" + ("plateaued" if plateaued(curve, rule) else "NOT plateaued: accuracy indicative")
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel("epoch", fontsize=8)
-        ax.set_ylabel("test accuracy", fontsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.tick_params(labelsize=7)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-
-
-def reconstruction_grid(originals: torch.Tensor, rows: Sequence[tuple[str, torch.Tensor]], path: str | Path,
-                        max_images: int = 8) -> None:
-    """Originals in the top row, one row of reconstructions per labelled cell below."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = min(max_images, originals.shape[0])
-    all_rows = [("original", originals)] + list(rows)
-    fig, axes = plt.subplots(len(all_rows), n, figsize=(1.1 * n + 1.6, 1.15 * len(all_rows)), squeeze=False)
-    for r, (title, images) in enumerate(all_rows):
-        for c in range(n):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < images.shape[0]:
-                img = images[c].clamp(0, 1).permute(1, 2, 0).numpy()
-                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        axes[r][0].text(-0.1, 0.5, title, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=7)
-    fig.subplots_adjust(left=0.2, wspace=0.05, hspace=0.1)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
 
 
 def findings(summary: pd.DataFrame, verdict_table: pd.DataFrame) -> pd.DataFrame:

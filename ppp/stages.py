@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,11 +23,11 @@ from ppp.attacks.registry import attack_needs_precode
 from ppp.client import ClientSetting, client_update, dpsgd_epsilon, form_updates
 from ppp.defenses import build_defense
 from ppp.gradients import set_model_mode
-from ppp.io import ArtifactError, load_tensors, read_json, save_tensors, sha256, write_json
+from ppp.io import ArtifactError, load_tensors, read_json, save_tensors, sha256, tensor_metadata, write_json
 from ppp.metrics import image_metrics
 from ppp.models import PrecodeSpec, StagedNet, build_model
 from ppp.seeding import derive_seed, generator, seeded
-from ppp.training import TrainingConfig, correct_predictions, train
+from ppp.training import TrainingConfig, correct_predictions, test_pass, train
 
 log = logging.getLogger(__name__)
 GRAD_PREFIX = "grad/"
@@ -141,16 +143,19 @@ def train_model(arch: str, defense_name: str, noise_scale: float, noise: dict, i
     cell_seed = derive_seed(seed, "train", meta["dataset"], arch, defense_name, noise_scale)
     # Test accuracy after every epoch, so that a reader sees whether training had levelled off; the
     # last epoch's per-example correctness is the trained model's (the test pass is seeded).
-    evaluated = []
+    evaluated, losses = [], []
 
     def after_epoch(epoch: int) -> float:
-        evaluated[:] = [correct_predictions(model, test_images, test_labels, device, cell_seed)]
-        return float(evaluated[0].float().mean())
+        correct, loss = test_pass(model, test_images, test_labels, device, cell_seed)
+        evaluated[:] = [correct]
+        losses.append(loss)
+        return float(correct.float().mean())
 
     summary = train(model, defense, images, labels, training, cell_seed, device, after_epoch=after_epoch)
     correct = evaluated[0] if evaluated else correct_predictions(model, test_images, test_labels, device, cell_seed)
     summary["test_accuracy"] = float(correct.float().mean())
     summary["test_accuracy_per_epoch"] = summary.pop("per_epoch")
+    summary["test_loss_per_epoch"] = losses
     summary["test_correct"] = "".join("1" if c else "0" for c in correct.tolist())
     metrics = dict(dataset=meta["dataset"], arch=arch, defense=defense_name, noise_scale=noise_scale,
                    training=asdict(training), **summary)
@@ -304,6 +309,7 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
                 tensors["images_half"] = half_images[lo * per_update: hi * per_update]
             save_tensors(cells[i].out, tensors,
                          metadata={"attack": attack_name, "seconds": f"{result.seconds:.3f}",
+                                   "iterations": str(attack.iterations),
                                    "engine": str(result.engine), "images_per_update": str(setting.images),
                                    "local_steps": str(setting.local_steps), "labels": attack.labels,
                                    "cells_in_pass": str(len(members))})
@@ -378,23 +384,45 @@ def match_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor
     return order
 
 
+def strongest_per_defense(entries: list[tuple]) -> list[tuple]:
+    """Of (cell, row, median SSIM, median PSNR) entries, the strongest attack's per defence and sigma
+    (highest median SSIM, ties: the higher PSNR, then the first), as ppp.report ranks attacks; in the
+    order of ppp.figures.DEFENSE_ORDER, then sigma."""
+    from ppp.figures import DEFENSE_ORDER
+
+    strongest: dict[tuple, tuple] = {}
+    for entry in entries:
+        cell, _, ssim, psnr = entry
+        key = (cell["defense"], cell["noise_scale"])
+        if key not in strongest or (ssim, psnr) > strongest[key][2:]:
+            strongest[key] = entry
+    rank = {d: i for i, d in enumerate(DEFENSE_ORDER)}
+    return [strongest[k] for k in sorted(strongest, key=lambda k: (rank.get(k[0], len(rank)), k[1]))]
+
+
 def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: str, out_grid: str,
-                   grid_images: int = 8, lpips=None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+                   grid_images: int = 8, lpips=None, out_images: str | None = None,
+                   ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, str],
+                              dict[str, dict[int, float]]]:
     """Per-victim MSE, PSNR and SSIM of every cell; only this stage reads both victims and reconstructions.
 
     An update's reconstructions are first matched to its originals (match_reconstructions); metrics are
     per image after matching, and `label_accuracy` is the share of the update's labels the attack used
     that are right (as a multiset; 1 where the server knows them). Writes one CSV row per victim per cell
-    and a grid (originals above each cell's matched reconstructions); returns each cell's mean metrics
-    keyed for the evaluate run, and each cell's mean and median metrics keyed by the attack run that
-    made it (so every attack run shows its own quality). `lpips` (ppp.lpips_metric.load_lpips) adds
-    LPIPS; without it the column stays empty."""
+    and a grid (originals above one row per defence and sigma: its strongest attack's matched
+    reconstructions, each captioned with PSNR and SSIM); returns each cell's mean metrics keyed for the
+    evaluate run, each cell's mean and median metrics keyed by the attack run that made it (so every
+    attack run shows its own quality), and, with `out_images` (a folder), each attack run's own small
+    grid (its originals above its reconstructions) written there, and per attack run the median SSIM of
+    its convergence-checked images at half and at the full budget, keyed by iteration. `lpips`
+    (ppp.lpips_metric.load_lpips) adds LPIPS; without it the column stays empty."""
     import pandas as pd
 
-    from ppp.report import RECONSTRUCTION_COLUMNS, reconstruction_grid, write_csv
+    from ppp.figures import GridRow, client_label, defense_label, reconstruction_grid, reconstruction_pair
+    from ppp.report import RECONSTRUCTION_COLUMNS, write_csv
 
     victims = load_tensors(victims_path, required=("images", "labels"))
-    rows, grid_rows, means, per_attack_run = [], [], {}, {}
+    rows, grid_rows, means, per_attack_run, ssim_steps = [], [], {}, {}, {}
     for path in reconstruction_paths:
         cell = parse_cell(path)
         loaded = load_tensors(path, required=("images",))
@@ -441,11 +469,31 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
             own[f"{metric}_mean"], own[f"{metric}_median"] = float(values.mean()), float(values.quantile(0.5))
             means[f"{metric}_mean.{key}"] = own[f"{metric}_mean"]
         per_attack_run[attack_run_name(path)] = own
-        title = f"{cell['attack']}\n{cell['defense']}" + (f" {cell['noise_scale']:g}" if cell["noise_scale"] else "")
-        if (group, cell["local_steps"]) != (1, 1):
-            title += f"\nb{group}s{cell['local_steps']}"
-        grid_rows.append((title, matched))
+        # SSIM along the attack's budget, on the images it ran again at half the budget (the
+        # convergence check): the median at half and at the full budget, keyed by iteration.
+        iterations = int(tensor_metadata(path).get("iterations", 0))
+        checked = [r for r in cell_rows if math.isfinite(r["ssim_half"])]
+        if iterations >= 2 and checked:
+            halves = torch.tensor([r["ssim_half"] for r in checked], dtype=torch.float64)
+            finals = torch.tensor([r["ssim"] for r in checked], dtype=torch.float64)
+            ssim_steps[attack_run_name(path)] = {iterations // 2: float(halves.quantile(0.5)),
+                                                 iterations: float(finals.quantile(0.5))}
+        grid_rows.append((cell, GridRow(f"{defense_label(cell['defense'], cell['noise_scale'])}\n{cell['attack']}",
+                                        matched, [r["psnr"] for r in cell_rows], [r["ssim"] for r in cell_rows]),
+                          own["ssim_median"], own["psnr_median"]))
     write_csv(pd.DataFrame(rows, columns=RECONSTRUCTION_COLUMNS), out_csv)
-    n = max((r.shape[0] for _, r in grid_rows), default=1)
-    reconstruction_grid(victims["images"][:n], grid_rows, out_grid, max_images=grid_images)
-    return means, per_attack_run
+    n = max((r.images.shape[0] for _, r, _, _ in grid_rows), default=1)
+    first = grid_rows[0][0] if grid_rows else None
+    setting = "" if first is None else (
+        f"{first['dataset']} / {first['arch']}, {client_label(first['batch_size'], first['local_steps'])}, "
+        f"{first['model_state']} model: originals, then the strongest attack per defence")
+    reconstruction_grid(victims["images"][:n], [row for _, row, _, _ in strongest_per_defense(grid_rows)], out_grid,
+                        max_images=grid_images, title=setting)
+    images = {}
+    if out_images is not None:
+        os.makedirs(out_images, exist_ok=True)
+        for path, (cell, row, _, _) in zip(reconstruction_paths, grid_rows):
+            out = os.path.join(out_images, f"{cell['defense']}_{cell['noise_scale']:g}_{cell['attack']}.png")
+            reconstruction_pair(victims["images"][:n], row, out, max_images=grid_images, title=attack_run_name(path))
+            images[attack_run_name(path)] = out
+    return means, per_attack_run, images, ssim_steps

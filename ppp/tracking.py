@@ -129,18 +129,26 @@ class JobRecord:
         self.inputs.append(dict(name=name, digest=digest, source=source, context=context,
                                 profile=json.dumps(dict(profile or {}), sort_keys=True)))
 
-    def attach_metrics(self, run_name: str, metrics: Mapping[str, float]) -> None:
-        """Metrics that belong to another job's run (found by its run name when mirrored)."""
+    def attach_metrics(self, run_name: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Metrics that belong to another job's run (found by its run name when mirrored), at `step`."""
         self.attachments.append(dict(run_name=run_name, metrics={k: float(v) for k, v in metrics.items()},
-                                     timestamp=int(time.time() * 1000)))
+                                     timestamp=int(time.time() * 1000), step=int(step)))
+
+    def attach_artifact(self, run_name: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """A file that belongs to another job's run (the evaluate job's picture of an attack's
+        reconstructions, found by the attack run's name when mirrored)."""
+        self.attachments.append(dict(run_name=run_name, metrics={}, timestamp=int(time.time() * 1000),
+                                     artifacts=[(str(Path(path).resolve()), artifact_path)]))
 
     def log_parent_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """A file for the invocation's parent run (the study's answer: its verdict table)."""
         self.parent["artifacts"].append((str(Path(path).resolve()), artifact_path))
 
-    def log_parent_table(self, csv_path: str | os.PathLike, artifact_file: str) -> None:
-        """A CSV shown as a table on the parent run (MLflow's log_table, a JSON artifact its UI renders)."""
-        self.parent["tables"].append((str(Path(csv_path).resolve()), artifact_file))
+    def log_parent_table(self, csv_path: str | os.PathLike, artifact_file: str,
+                         first_columns: list[str] | None = None) -> None:
+        """A CSV shown as a table on the parent run (MLflow's log_table, a JSON artifact its UI renders),
+        with `first_columns` moved to the left (what a reader looks for before scrolling)."""
+        self.parent["tables"].append((str(Path(csv_path).resolve()), artifact_file, list(first_columns or [])))
 
     def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
         self.parent["metrics"].update({k: float(v) for k, v in metrics.items()})
@@ -360,16 +368,19 @@ class Mirror:
         for path, artifact_path in own.get("artifacts", []):
             if Path(path).exists():
                 self.client.log_artifact(parent, path, artifact_path)
-        for path, artifact_file in own.get("tables", []):
+        for path, artifact_file, *first in own.get("tables", []):
             if Path(path).exists():
-                self.client.log_table(parent, data=pd.read_csv(path), artifact_file=artifact_file)
+                data = pd.read_csv(path)
+                front = [c for c in (first[0] if first else []) if c in data.columns]
+                data = data[front + [c for c in data.columns if c not in front]]
+                self.client.log_table(parent, data=data, artifact_file=artifact_file)
         if own.get("metrics"):
             self.client.log_batch(parent, metrics=[Metric(k, v, record["end_ms"], 0)
                                                    for k, v in own["metrics"].items()])
 
     def _attach(self, record: dict) -> None:
-        """Metrics for another job's run, found by its name. Logged again after an interrupted pass:
-        MLflow keeps one copy of an identical metric."""
+        """Metrics and files for another job's run, found by its name. Logged again after an interrupted
+        pass: MLflow keeps one copy of an identical metric, and a file overwrites itself."""
         from mlflow.entities import Metric
 
         for attached in record.get("attachments", []):
@@ -378,8 +389,13 @@ class Mirror:
             if target is None:
                 log.warning("MLflow: no run named %s to attach metrics to", attached["run_name"])
                 continue
-            self.client.log_batch(target, metrics=[Metric(k, v, attached["timestamp"], 0)
-                                                   for k, v in attached["metrics"].items()])
+            if attached["metrics"]:
+                step = attached.get("step", 0)
+                self.client.log_batch(target, metrics=[Metric(k, v, attached["timestamp"], step)
+                                                       for k, v in attached["metrics"].items()])
+            for path, artifact_path in attached.get("artifacts", []):
+                if Path(path).exists():
+                    self.client.log_artifact(target, path, artifact_path)
 
 
 def mirror_records(records_dir: str | os.PathLike, tracking_uri: str, experiment: str,

@@ -90,18 +90,27 @@ def train(model: StagedNet, defense: Defense, images: torch.Tensor, labels: torc
 
 
 @torch.no_grad()
-def correct_predictions(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                        seed: int, batch_size: int = 500) -> torch.Tensor:
-    """Per test example, whether the model classifies it correctly, in evaluation mode (PRECODE still
-    samples, as the authors' module does). Kept per example so that two models' accuracies can be
-    compared on the same examples (a paired interval; ppp.report)."""
+def test_pass(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+              seed: int, batch_size: int = 500) -> tuple[torch.Tensor, float]:
+    """Per test example, whether the model classifies it correctly, and the mean cross-entropy, in
+    evaluation mode (PRECODE still samples, as the authors' module does). Correctness is kept per
+    example so that two models' accuracies can be compared on the same examples (a paired interval;
+    ppp.report)."""
     model.to(device).eval()
-    correct = []
+    correct, loss = [], 0.0
     with seeded(derive_seed(seed, "eval"), device):
         for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size].to(device)
-            correct.append(model(x).argmax(dim=1).cpu() == labels[start:start + batch_size])
-    return torch.cat(correct)
+            x, y = images[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
+            logits = model(x)
+            loss += float(torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+            correct.append((logits.argmax(dim=1) == y).cpu())
+    return torch.cat(correct), loss / max(1, images.shape[0])
+
+
+def correct_predictions(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                        seed: int, batch_size: int = 500) -> torch.Tensor:
+    """Per test example, whether the model classifies it correctly (test_pass)."""
+    return test_pass(model, images, labels, device, seed, batch_size)[0]
 
 
 def accuracy(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device,

@@ -128,3 +128,6 @@ def test_an_adaptive_attack_that_breaks_ppp_removes_its_protection_and_names_its
     low, high = worst.loc[("ppp", 0.1)][["strongest_ssim_median_ci_low", "strongest_ssim_median_ci_high"]]
     assert low <= worst.loc[("ppp", 0.1)].strongest_ssim_median <= high
     assert list(worst.index.get_level_values(0).unique()) == ["none", "noise", "precode", "ppp", "ppp_encoder"]
+
+
+REPO_CONFIG = __import__("pathlib").Path(__file__).resolve().parent.parent / "config" / "config.yaml"

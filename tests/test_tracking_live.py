@@ -180,6 +180,8 @@ def _records_with_an_attachment(records: Path, artifact: Path) -> None:
         run.log_artifact(artifact)
     with JobRecord(records, "evaluate/mnist", {"rule": "evaluate"}) as run:
         run.attach_metrics("attack/mnist/ig", {"ssim_median": 0.25})
+        run.attach_metrics("attack/mnist/ig", {"ssim_median_checked": 0.3}, step=10)
+        run.attach_artifact("attack/mnist/ig", artifact.with_name("picture.png"), "reconstruction")
         run.log_metrics({"cells": 1.0})
 
 
@@ -195,6 +197,7 @@ def test_a_pass_interrupted_after_creating_a_run_leaves_no_duplicate(tmp_path, m
     records, uri = tmp_path / "records", sqlite_uri(tmp_path / "m.db")
     artifact = tmp_path / "table.csv"
     artifact.write_text("a\n1\n")
+    artifact.with_name("picture.png").write_bytes(b"\x89PNG not really")
     _records_with_an_attachment(records, artifact)
     mirror = Mirror(records, uri, "exp", tmp_path / "artifacts", {"run_name": "snakemake 1"}, "f" * 32)
     if interrupted == "before_the_ledger":  # the evaluate run ended and attached its metrics; no ledger
@@ -220,9 +223,13 @@ def test_a_pass_interrupted_after_creating_a_run_leaves_no_duplicate(tmp_path, m
     jobs = assert_each_record_is_one_nested_run(client, records, "exp")
     assert len(jobs) == 2 and all(r.data.tags["mlflow.parentRunId"] == parent for r in jobs)
     attack = next(r for r in jobs if r.info.run_name == "attack/mnist/ig")
-    assert attack.data.metrics == {"loss": 0.5, "ssim_median": 0.25}
+    assert attack.data.metrics == {"loss": 0.5, "ssim_median": 0.25, "ssim_median_checked": 0.3}
     assert len(client.get_metric_history(attack.info.run_id, "ssim_median")) == 1
-    assert [a.path for a in client.list_artifacts(attack.info.run_id)] == ["table.csv"]
+    assert [m.step for m in client.get_metric_history(attack.info.run_id, "ssim_median_checked")] == [10]
+    # The evaluate job's picture of the attack, once, on the attack's run.
+    assert [a.path for a in client.list_artifacts(attack.info.run_id)] == ["reconstruction", "table.csv"]
+    assert [a.path for a in client.list_artifacts(attack.info.run_id, "reconstruction")] == [
+        "reconstruction/picture.png"]
     experiment_id = attack.info.experiment_id
     deleted = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
     assert len(deleted) == (1 if interrupted == "before_the_run_ended" else 0)

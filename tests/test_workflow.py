@@ -1,5 +1,6 @@
 """End to end: the Snakemake workflow on the tiny config, in a temporary working directory."""
 
+import json
 import re
 import subprocess
 import sys
@@ -140,6 +141,126 @@ def test_every_job_is_an_mlflow_run_nested_under_the_invocation(finished_run):
     parent = client.get_run(parents[0].info.run_id)
     assert {"verdicts.csv", "verdicts.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert parent.data.metrics["verdicts_undecided"] == len(pd.read_csv(workdir / "results" / "tables" / "verdicts.csv"))
+
+
+def test_every_attack_run_shows_its_reconstruction_and_every_training_run_its_curves(finished_run):
+    """What a researcher opens in the MLflow UI: each attack run's own images (originals above its
+    reconstructions), each training run's test accuracy and loss per epoch, the same numbers as the
+    files, and the parent run's figures beside the verdict table."""
+    from mlflow.tracking import MlflowClient
+
+    workdir, config = finished_run
+    results = workdir / "results"
+    client = MlflowClient(f"sqlite:///{results / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ppp")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    attacks = [r for r in runs if r.data.tags.get("rule") == "attack"]
+    assert len(attacks) == 22
+    for run in attacks:
+        tags = run.data.tags
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "reconstruction")]
+        sigma = f"{float(tags['wildcard.sigma']):g}"
+        assert images == [f"reconstruction/{tags['wildcard.defense']}_{sigma}_{tags['wildcard.attack']}.png"], images
+        # The run's picture is the one under results/ (the files are the truth).
+        local = client.download_artifacts(run.info.run_id, images[0], str(workdir / "downloads" / run.info.run_id))
+        on_disk = results / "eval" / tags["wildcard.dataset"] / tags["wildcard.arch"] / tags["wildcard.client"] / \
+            tags["wildcard.state"] / "images" / Path(images[0]).name
+        assert Path(local).read_bytes() == on_disk.read_bytes()
+        # Its loss at every progress step, and the SSIM of its checked images at half and at the full budget.
+        iterations = int(run.data.params["attack_options.iterations"])
+        if run.data.params.get("attack_options.progress_every") not in (None, "0"):  # not set in test.yaml
+            assert len(client.get_metric_history(run.info.run_id, "gradient_loss_mean")) >= 1
+        ssim = client.get_metric_history(run.info.run_id, "ssim_median_checked")
+        assert sorted(m.step for m in ssim) == [iterations // 2, iterations]
+        assert all(-1 <= m.value <= 1 for m in ssim)
+    # A cell is found by its params with the UI's search.
+    found = client.search_runs([experiment.experiment_id], "params.defense = 'ppp' and params.attack = 'latent' "
+                               "and params.client = 'b2s2' and params.sigma = '0.1' and params.dataset = 'mnist'")
+    assert [r.info.run_name for r in found] == ["attack/mnist/mlp/b2s2/ppp/0.1/init/latent"]
+    utility = pd.read_csv(results / "tables" / "utility.csv")
+    training = [r for r in runs if r.data.tags.get("rule") == "train"]
+    assert len(training) == len(utility) == 5
+    for run in training:
+        history = client.get_metric_history(run.info.run_id, "test_accuracy_epoch")
+        losses = client.get_metric_history(run.info.run_id, "test_loss_epoch")
+        row = utility[(utility.defense == run.data.params["defense"])
+                      & (utility.noise_scale == float(run.data.params["sigma"]))].iloc[0]
+        expected = [float(a) for a in str(row.test_accuracy_per_epoch).split(";")]
+        assert [m.step for m in history] == list(range(1, config["training"]["epochs"] + 1))
+        assert [m.value for m in history] == pytest.approx(expected, abs=1e-4)
+        assert len(losses) == len(history) and all(0 < m.value < 20 for m in losses)
+    parent = next(r for r in runs if r.data.tags.get("ppp.kind") == "invocation")
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert figures == {f"figures/{name}.png" for name in ("privacy_utility", "batch_size", "learning_curves",
+                                                          "worst_case")} | {"figures/reconstructions"}
+    grids = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "figures/reconstructions")}
+    assert grids == {p.name for p in (results / "plots").glob("reconstructions_*.png")} and len(grids) == 2
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "verdicts.json",
+                                                      str(workdir / "downloads"))).read_text())
+    assert table["columns"][:2] == ["claim", "verdict"] and len(table["data"]) == len(
+        pd.read_csv(results / "tables" / "verdicts.csv"))
+
+
+def test_the_report_opens_on_the_questions_the_preset_and_the_verdicts_with_every_figure(finished_run):
+    workdir, _ = finished_run
+    snakemake(workdir, "--report", str(workdir / "report.html"))
+    html = (workdir / "report.html").read_text()
+    verdicts = pd.read_csv(workdir / "results" / "tables" / "verdicts.csv")
+    for text in ("does PRECODE, and PPP on top of it", "The preset that ran", "The answer",
+                 f"{len(verdicts)} verdicts", "F1 IG leaks", "Does the defence protect?", "What to look at"):
+        assert text in html, text
+    assert "has not finished here yet" not in html
+    plots = ["privacy_utility", "batch_size", "learning_curves", "worst_case", "reconstructions_mnist_mlp_b1s1_init",
+             "reconstructions_mnist_mlp_b2s2_init"]
+    for plot in plots:
+        assert f'"results/plots/{plot}.png": {{"name": "{plot}.png"' in html, plot
+
+
+def test_a_second_make_run_logs_nothing_twice(finished_run):
+    """Nothing to do: no job runs, so no run, metric or image is logged again (files and MLflow agree)."""
+    from mlflow.tracking import MlflowClient
+
+    workdir, _ = finished_run
+    client = MlflowClient(f"sqlite:///{workdir / 'results' / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ppp")
+
+    def state():
+        runs = client.search_runs([experiment.experiment_id], max_results=1000)
+        return sorted((r.info.run_id, len(r.data.metrics), len(client.get_metric_history(r.info.run_id, "test_accuracy_epoch")))
+                      for r in runs)
+
+    before = state()
+    snakemake(workdir, "--cores", "1")
+    assert state() == before
+
+
+def test_look_screenshots_the_report_and_the_mlflow_ui(finished_run, tmp_path):
+    """make look on the finished run, as a person would: every screenshot exists and shows something
+    (not a blank or one-colour page), and the MLflow UI it started is gone afterwards."""
+    import shutil
+
+    from PIL import Image
+
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+                   None)
+    if browser is None:
+        pytest.skip("no headless Chromium here (apt-get install chromium)")
+    workdir, _ = finished_run
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "look.py"), "--configfile",
+                           str(workdir / "config.yaml"), "--results", str(workdir / "results")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    shots = {p.name: p for p in (workdir / "results" / "look").glob("*.png")}
+    assert set(shots) == {"report_landing.png", "report_figure.png", "mlflow_runs.png", "mlflow_attack_run.png",
+                          "mlflow_training_run.png", "mlflow_verdicts.png"}
+    for name, path in shots.items():
+        image = np.asarray(Image.open(path).convert("L"))
+        assert image.std() > 10 and len(np.unique(image)) > 20, f"{name} looks blank"
+    # The attack run's page shows its picture: the screenshot holds the originals' white strokes on black.
+    attack = np.asarray(Image.open(shots["mlflow_attack_run.png"]).convert("L"))
+    assert (attack < 30).mean() > 0.01
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(workdir / "results" / "mlflow" / "mlflow.db") not in processes, "the MLflow UI still runs"
 
 
 def test_rerun_does_nothing_and_new_victims_rerun_only_what_depends_on_them(finished_run):

@@ -77,6 +77,10 @@ rule evaluate:
             caption="../report/overview.rst",
             category="Reconstructions",
         ),
+        # One small grid per attack run (its originals and reconstructions), for the MLflow UI.
+        images=directory(
+            f"{RESULTS}/eval/{{dataset}}/{{arch}}/{{client}}/{{state}}/images"
+        ),
     log:
         f"{LOGS}/evaluate/{{dataset}}_{{arch}}_{{client}}_{{state}}.log",
     conda:

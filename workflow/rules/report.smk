@@ -2,6 +2,7 @@ rule aggregate:
     input:
         metrics=evaluation_files(),
         utility=utility_files(),
+        grids=reconstruction_grids(),  # for the parent MLflow run, beside the figures made here
     output:
         reconstructions=report(
             f"{RESULTS}/tables/reconstructions.csv",
@@ -21,7 +22,7 @@ rule aggregate:
         verdicts=report(
             f"{RESULTS}/tables/verdicts.csv",
             caption="../report/verdicts.rst",
-            category="Tables",
+            category="Study",
         ),
         findings=report(
             f"{RESULTS}/tables/findings.csv",
@@ -36,17 +37,28 @@ rule aggregate:
         privacy_utility=report(
             f"{RESULTS}/plots/privacy_utility.png",
             caption="../report/privacy_utility.rst",
-            category="Plots",
+            category="Figures",
         ),
         learning_curves=report(
             f"{RESULTS}/plots/learning_curves.png",
             caption="../report/learning_curves.rst",
-            category="Plots",
+            category="Figures",
         ),
         batch_size=report(
             f"{RESULTS}/plots/batch_size.png",
             caption="../report/batch_size.rst",
-            category="Plots",
+            category="Figures",
+        ),
+        worst_case_plot=report(
+            f"{RESULTS}/plots/worst_case.png",
+            caption="../report/worst_case_plot.rst",
+            category="Figures",
+        ),
+        # The landing page's preset and verdict tables; workflow/report/workflow.rst includes it.
+        landing=report(
+            f"{RESULTS}/report/landing.rst",
+            caption="../report/landing.rst",
+            category="Study",
         ),
     log:
         f"{LOGS}/aggregate.log",
@@ -54,6 +66,20 @@ rule aggregate:
     conda:
         "../envs/ppp.yaml"
     params:
+        preset={
+            k: config[k]
+            for k in (
+                "datasets",
+                "archs",
+                "model_states",
+                "defenses",
+                "attacks",
+                "client",
+                "attack",
+                "training",
+            )
+            if k in config
+        },
         verdicts={
             k: config["report"][k]
             for k in (

@@ -17,6 +17,10 @@ def train(arch, defense, sigma, init, out_model, out_metrics, run):
         snakemake.input.test, p.model_options, PrecodeSpec(**p.precode), TrainingConfig(**p.training), p.seed,
         stages.resolve_device(p.device), out_model, out_metrics)
     run.log_metrics({k: metrics[k] for k in ("test_accuracy", "train_seconds", "steps", "epsilon") if k in metrics})
+    # Per-epoch histories (the MLflow UI's learning curves), step = epoch.
+    for epoch, (accuracy, loss) in enumerate(zip(metrics["test_accuracy_per_epoch"], metrics["test_loss_per_epoch"]),
+                                             start=1):
+        run.log_metrics({"test_accuracy_epoch": accuracy, "test_loss_epoch": loss}, step=epoch)
     run.log_artifact(out_metrics)
     run.log_input(f"{w.dataset}/train", meta["sha256"]["train"], snakemake.input.train, "training",
                   {"examples": meta["counts"]["train"]})
