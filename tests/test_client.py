@@ -356,7 +356,8 @@ def test_cells_attacked_in_one_optimisation_get_what_each_gets_alone(tmp_path, a
 def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
     import yaml
 
-    from ppp.config import ConfigError, client_defenses, client_settings, client_victims, validate_config
+    from ppp.config import (ConfigError, client_attacks, client_defenses, client_settings, client_victims,
+                            validate_config)
 
     config = yaml.safe_load(open("config/test.yaml"))
     config["client"]["updates"] = [{"images": 4}]
@@ -366,8 +367,16 @@ def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
     config = yaml.safe_load(open("config/config.yaml"))
     validate_config(config)
     assert [s.name for s in client_settings(config, "mlp")] == ["b1s1", "b4s1"]
-    assert [s.name for s in client_settings(config, "lenet")] == ["b1s1"]
+    assert [s.name for s in client_settings(config, "lenet")] == ["b1s1", "b4s1", "b4s2"]
     assert client_victims(config, "mlp", "b4s1") == 16 and client_victims(config, "lenet", "b1s1") == 16
+    # LeNet's batches run the head attack alone; a setting's attacks are cut to the preset's list.
+    assert client_attacks(config, "lenet", "b4s2") == ["head"]
+    assert "head" not in client_attacks(config, "mlp", "b1s1")
+    assert client_attacks({**config, "attacks": ["ig"]}, "lenet", "b4s1") == []
+    bad = yaml.safe_load(open("config/config.yaml"))
+    bad["client"]["per_arch"]["lenet"]["updates"][1]["attacks"] = ["heads"]
+    with pytest.raises(ConfigError, match=r"setting b4s1 of lenet lists unknown attacks \['heads'\]"):
+        validate_config(bad)
     config["client"]["per_arch"]["mlp"]["updates"].append(
         {"images": 4, "local_steps": 2, "victims": 4, "defenses": ["none", "precode"]})  # as config/gpu.yaml
     validate_config(config)
