@@ -138,3 +138,13 @@ def test_a_setting_without_ig_is_judged_against_its_strongest_attack_on_the_unde
     row = _claim(table, "protects", "ppp_encoder", 0.1)
     assert row.verdict == HOLDS and row.psnr_gap_db == pytest.approx(21.0)
     assert _claim(table, "protects", "precode").verdict == FAILS
+
+
+def test_where_no_attack_works_on_the_undefended_model_no_defence_is_judged():
+    """FedAvg's LeNet cells: the head attack fails even undefended, so a defence's low SSIM proves nothing."""
+    table = _table(_rows("none", 0.0, "head", np.linspace(0.02, 0.05, 16), 12.0, batch_size=4),
+                   _rows("precode", 0.0, "head", np.linspace(0.02, 0.05, 16), 12.0, batch_size=4),
+                   _rows("ppp", 0.1, "head", np.linspace(0.02, 0.05, 16), 12.0, batch_size=4))
+    assert _claim(table, "F1").verdict == FAILS
+    assert _claim(table, "protects", "ppp", 0.1).verdict == UNDECIDED
+    assert _claim(table, "F3", "ppp", 0.1).verdict == UNDECIDED
