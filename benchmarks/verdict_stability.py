@@ -44,7 +44,8 @@ def side_by_side(first: pd.DataFrame, second: pd.DataFrame) -> str:
     for _, row in both.iterrows():
         second_row = pd.Series({c[:-2]: row[c] for c in both.columns if c.endswith("_2")} | {k: row[k] for k in keys})
         defence = row.defense + (f" {row.noise_scale:g}" if row.noise_scale else "")
-        lines.append(f"| {row.dataset} | {row.arch} | {row.batch_size} | {row.claim} | {defence} | {_cell(row)} | "
+        images = f"{row.batch_size}" + (f", FedAvg {row.local_steps} steps" if row.local_steps > 1 else "")
+        lines.append(f"| {row.dataset} | {row.arch} | {images} | {row.claim} | {defence} | {_cell(row)} | "
                      f"{_cell(second_row)} |")
     return "\n".join(lines)
 
