@@ -119,16 +119,19 @@ class FeatureMatching(ChunkedRowsObjective):
     """Rows' feature-matching losses and image gradients from one batched forward and backward: rows are
     independent (BatchNorm in evaluation mode, or per-row instance normalisation in training mode)."""
 
-    def __init__(self, model: StagedNet, targets: torch.Tensor, tv_weight: float, feature_loss: str):
+    def __init__(self, model: StagedNet, targets: torch.Tensor, tv_weight: float, feature_loss: str,
+                 index: int | None = None):
         if feature_loss not in FEATURE_LOSSES:
             raise ValueError(f"attack feature_loss must be one of {', '.join(FEATURE_LOSSES)}, got {feature_loss!r}")
         self.model, self.targets, self.tv_weight, self.feature_loss = model, targets, tv_weight, feature_loss
+        # The stage whose input is matched: PRECODE's (the analytic attack), or any other (the head attack).
+        self.index = model.precode_index if index is None else index
         self.mean, self.std = model.mean[0], model.std[0]
         self.target_squares = targets.pow(2).sum(1).clamp_min(1e-12)
 
     def matching_loss(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         with per_row_batch_norm(self.model):
-            features = features_before_precode(self.model, images * self.std + self.mean)
+            features = self.model._features_before(images * self.std + self.mean, self.index).flatten(1)
         targets = self.targets[rows]
         if self.feature_loss == "mse":
             return (features - targets).pow(2).sum(1) / self.target_squares[rows]

@@ -39,16 +39,14 @@ from ppp.attacks.analytic import FeatureMatching, leading_right_singular_vectors
 from ppp.attacks.engine import (AttackResult, GradientMatching, GradientMatchingProblem, RowOptimisation,
                                RowsObjective, ServerView, optimise)
 from ppp.gradients import select_parameters
-from ppp.attacks.labels import infer_update_labels
-from ppp.attacks.per_layer import per_row_batch_norm
+from ppp.attacks.labels import _classifier, infer_update_labels
 from ppp.models import StagedNet
 from ppp.seeding import generator
 
 
 def head_module(model: StagedNet) -> tuple[str, nn.Linear]:
-    """The classifier head: the model's last linear layer outside PRECODE."""
-    owner = model.classifier_weight_name().rpartition(".")[0]
-    return owner, dict(model.named_modules())[owner]
+    """The classifier head: the model's last linear layer outside PRECODE (label inference's classifier)."""
+    return _classifier(model)
 
 
 def head_index(model: StagedNet) -> int:
@@ -309,32 +307,11 @@ def peel_layers(model: StagedNet, index: int, features: torch.Tensor) -> tuple[i
     return index, features
 
 
-def features_at(model: StagedNet, pixels: torch.Tensor, index: int) -> torch.Tensor:
-    """The flattened output of the stages before `index` (normalisation included) for images in [0, 1]."""
-    return model._features_before(pixels, index).flatten(1)
-
-
-class StageFeatureMatching(FeatureMatching):
-    """FeatureMatching at the input of any stage (the head's, or PRECODE's)."""
-
-    def __init__(self, model: StagedNet, targets: torch.Tensor, tv_weight: float, feature_loss: str, index: int):
-        super().__init__(model, targets, tv_weight, feature_loss)
-        self.index = index
-
-    def matching_loss(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        with per_row_batch_norm(self.model):
-            features = features_at(self.model, images * self.std + self.mean, self.index)
-        targets = self.targets[rows]
-        if self.feature_loss == "mse":
-            return (features - targets).pow(2).sum(1) / self.target_squares[rows]
-        return 1 - torch.nn.functional.cosine_similarity(features, targets, dim=1, eps=1e-12)
-
-
 class FeatureAndGradientMatching(RowsObjective):
     """Rows are updates of B images: Inverting Gradients' objective on the update (cosine distance over
     the matched gradients, plus TV) plus `weight` times the mean feature-matching loss of its images."""
 
-    def __init__(self, gradients: GradientMatching, features: StageFeatureMatching, weight: float, group: int):
+    def __init__(self, gradients: GradientMatching, features: FeatureMatching, weight: float, group: int):
         self.gradients, self.features, self.weight, self.group = gradients, features, weight, group
         self.engine, self.chunk_rows = gradients.engine, gradients.chunk_rows
 
@@ -423,7 +400,7 @@ class HeadInversion(RowOptimisation):
             targets = flat.view(*targets.shape[:2], -1)
         self.recovery = {"residual": recovery.residual, "features": targets, "stage": index}
         rows = targets.reshape(-1, targets.shape[-1]).float().to(device).repeat_interleave(self.restarts, dim=0)
-        objective = StageFeatureMatching(model, rows, self.tv_weight, self.feature_loss, index)
+        objective = FeatureMatching(model, rows, self.tv_weight, self.feature_loss, index)
         # One optimisation row per image: a view of single images carrying nothing but their count.
         images = view.num_images
         row_view = ServerView(model, {"images": torch.zeros(images, 1)}, None, view.model_mode)
@@ -458,7 +435,7 @@ class HeadInversion(RowOptimisation):
                                     if per_update == 1 else labels.to(device),
                                     [view.gradients[n].to(device) for n in refine.names], refine,
                                     torch.zeros(group_shape, device=device))
-        features = StageFeatureMatching(model, targets.reshape(-1, targets.shape[-1]).float().to(device), 0.0,
+        features = FeatureMatching(model, targets.reshape(-1, targets.shape[-1]).float().to(device), 0.0,
                                         self.feature_loss, index)
         combined = FeatureAndGradientMatching(matching, features, self.refine_feature_weight, per_update)
         refined = optimise(view, labels.flatten(), refine, seeds, victim_ids=ids, objective=combined,
