@@ -57,7 +57,13 @@ SETTINGS = [
     ("B=4, ppp_encoder 0.1", 4, 1, "ppp_encoder", 0.1, "balanced"),
     ("B=4, ppp_encoder 1", 4, 1, "ppp_encoder", 1.0, "balanced"),
     ("B=4, FedAvg 2 steps lr 0.1", 4, 2, "none", 0.0, "balanced"),
+    ("B=4, FedAvg 2 steps lr 0.1, features held fixed", 4, 2, "none", 0.0, "balanced"),
     ("B=4, FedAvg 2 steps lr 0.01", 4, 2, "none", 0.0, "balanced"),
+    ("B=4, FedAvg 2 steps lr 0.1, labels inferred", 4, 2, "none", 0.0, "inferred"),
+    ("B=4, FedAvg 2 steps lr 0.1, PRECODE", 4, 2, "precode", 0.0, "balanced"),
+    ("B=4, FedAvg 2 steps lr 0.1, PPP 1 (paper)", 4, 2, "ppp", 1.0, "balanced"),
+    ("B=4, FedAvg 2 steps lr 0.1, ppp_encoder 1", 4, 2, "ppp_encoder", 1.0, "balanced"),
+    ("B=8, FedAvg 2 steps lr 0.1", 8, 2, "none", 0.0, "balanced"),
 ]
 
 
@@ -91,7 +97,7 @@ def relative_errors(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor
 
 
 def run(dataset: str, name: str, group: int, steps: int, defense_name: str, sigma: float, order: str,
-        draw: int, iterations: int, seed: int) -> dict:
+        draw: int, iterations: int, seed: int, peel: bool = True, refine: int = 0) -> dict:
     facts = DATASETS[dataset]
     images, labels = victims(dataset, 16, draw, order)
     precode = defense_name in ("precode", "ppp", "ppp_encoder")
@@ -104,28 +110,40 @@ def run(dataset: str, name: str, group: int, steps: int, defense_name: str, sigm
     _, head = head_module(model)
     gen = torch.Generator().manual_seed(seed)
     updates, head_truth, precode_truth = [], [], []
+    head_drift, layer_drift = [], {}
     for start in range(0, len(images), group):
-        seen = {}
-        hooks = [head.register_forward_hook(lambda m, i, o: None if "head" in seen else seen.update(head=i[0].detach()))]
+        seen = {"head": [], "precode": []}  # every forward's inputs: FedAvg's local steps one after another
+        hooks = [head.register_forward_hook(lambda m, i, o: seen["head"].append(i[0].detach()))]
         if precode:
             hooks.append(model.bottleneck.encoder.register_forward_hook(
-                lambda m, i, o: None if "precode" in seen else seen.update(precode=i[0].detach())))
+                lambda m, i, o: seen["precode"].append(i[0].detach())))
         torch.manual_seed(seed + start)
         updates.append(client_update(model, images[start:start + group], labels[start:start + group], setting,
                                      defense, gen))
         for hook in hooks:
             hook.remove()
-        head_truth.append(seen["head"])
-        precode_truth.append(seen.get("precode"))
+        head_truth.append(seen["head"][0])
+        precode_truth.append(seen["precode"][0] if precode else None)
+        if steps > 1:
+            # How far FedAvg's second step reads different features, and how far one step moves each layer.
+            first, second = seen["head"][0], seen["head"][1]
+            head_drift.append((second - first).norm(dim=-1) / first.norm(dim=-1))
+            for pname, p in model.named_parameters():
+                if pname.endswith("weight"):
+                    first_step = torch.autograd.grad(
+                        torch.nn.functional.cross_entropy(model(images[start:start + group]),
+                                                          labels[start:start + group]), p)[0]
+                    layer_drift.setdefault(pname, []).append(float(local_lr * first_step.norm() / p.norm()))
     grads = {n: torch.stack([u[n] for u in updates]) for n in updates[0]}
     owner = model.classifier_weight_name().rpartition(".")[0]
     known = order != "inferred"
     inferred = infer_update_labels(model, grads, group, "auto" if group > 1 else "idlg")
     started = time.perf_counter()
     fit_labels = labels if known else inferred
+    per_step = "features held fixed" not in name
     recovery = recover_head_inputs(grads[f"{owner}.weight"], grads[f"{owner}.bias"], head.weight, head.bias,
                                    fit_labels.view(-1, group), local_steps=steps, local_lr=local_lr,
-                                   search_labels=not known)
+                                   search_labels=not known, per_step=per_step)
     fit_seconds = time.perf_counter() - started
     errors = relative_errors(recovery.features, torch.stack(head_truth))
     line = dict(dataset=dataset, setting=name, images_per_update=group, local_steps=steps, local_lr=local_lr,
@@ -135,14 +153,19 @@ def run(dataset: str, name: str, group: int, steps: int, defense_name: str, sigm
                 residual_median=float(recovery.residual.median()), fit_seconds=round(fit_seconds, 2),
                 label_accuracy=float(label_accuracy(inferred, labels, group).mean()),
                 label_accuracy_after_search=float(label_accuracy(recovery.labels.flatten(), labels, group).mean())
-                if not known else None)
+                if not known else None, peel=peel)
+    if steps > 1:
+        line.update(head_drift_median=float(torch.cat(head_drift).median()),
+                    layer_step_median={n: round(float(torch.tensor(v).median()), 3) for n, v in layer_drift.items()})
     if precode:
-        view = ServerView(model, grads, labels, "eval", images_per_update=group)
+        view = ServerView(model, grads, labels, "eval", images_per_update=group, local_steps=steps,
+                          local_lr=local_lr)
         precode_errors = relative_errors(recover_precode_inputs(view, recovery), torch.stack(precode_truth))
         line.update(precode_error_median=float(precode_errors.median()),
                     precode_exact_share=float((precode_errors < 1e-3).double().mean()))
     attack = build_attack("head", iterations=iterations, lr=0.1, tv_weight=0.002,
-                          labels="known" if known else "inferred")
+                          labels="known" if known else "inferred", peel=peel, per_step=per_step,
+                          refine_iterations=refine)
     view = ServerView(model, grads, labels if known else None, "eval", images_per_update=group, local_steps=steps,
                       local_lr=local_lr)
     result = attack(view, seed=seed)
@@ -179,6 +202,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results-head-attack.jsonl"))
+    parser.add_argument("--no-peel", action="store_true",
+                        help="invert the head's (or PRECODE's) input itself, not peeled back (setting names get ', no peel')")
+    parser.add_argument("--refine", type=int, default=0,
+                        help="the attack's refine_iterations (setting names get ', refined N')")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     if args.markdown:
@@ -191,7 +218,12 @@ def main() -> None:
         if args.settings and name not in args.settings:
             continue
         try:
-            line = run(args.dataset, name, group, steps, defense, sigma, order, args.draw, args.iterations, args.seed)
+            line = run(args.dataset, name, group, steps, defense, sigma, order, args.draw, args.iterations, args.seed,
+                       peel=not args.no_peel, refine=args.refine)
+            if args.no_peel:
+                line["setting"] += ", no peel"
+            if args.refine:
+                line["setting"] += f", refined {args.refine}"
         except ValueError as err:  # e.g. more images than the head has classes
             line = dict(dataset=args.dataset, setting=name, images_per_update=group, refused=str(err))
         line.update(commit=commit, cpu=platform.machine(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))

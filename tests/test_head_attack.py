@@ -140,3 +140,70 @@ def test_head_attack_breaks_the_paper_s_ppp_on_a_lenet_batch(mnist_victims):
     # The same attack on PRECODE's noised input (ig on the noised layers) would not; the noise is there:
     assert not torch.allclose(updates[0]["stages.conv1.0.weight"],
                               shared_gradient(model, images[:4], labels[:4])["stages.conv1.0.weight"], atol=0.1)
+
+
+def test_peeling_stops_where_the_features_are_not_exact(mnist_victims):
+    """An inexact fit's features leave the sigmoid's range once peeled: inverted anyway they are noise."""
+    model = _lenet(precode=False)
+    with torch.no_grad():
+        head_inputs = model._features_before(mnist_victims[0][:4], 3).flatten(1).double()
+    assert peel_layers(model, 3, head_inputs)[0] == 2
+    off = head_inputs * (1 + 0.01 * torch.randn(head_inputs.shape, generator=torch.Generator().manual_seed(0),
+                                                dtype=torch.float64))
+    index, kept = peel_layers(model, 3, off)
+    assert index == 3 and torch.equal(kept, off)
+
+
+def _fedavg_truth(model, images, labels, local_lr):
+    """FedAvg's update of 2 local steps and the inputs of the head and of PRECODE at each step."""
+    _, head = head_module(model)
+    seen = {"head": [], "precode": []}
+    hooks = [head.register_forward_hook(lambda m, i, o: seen["head"].append(i[0].detach().double()))]
+    if model.has_precode:
+        hooks.append(model.bottleneck.encoder.register_forward_hook(
+            lambda m, i, o: seen["precode"].append(i[0].detach().double())))
+    update = client_update(model, images, labels, ClientSetting(images=len(images), local_steps=2,
+                                                                local_lr=local_lr),
+                           build_defense("none"), torch.Generator().manual_seed(0))
+    for hook in hooks:
+        hook.remove()
+    return update, torch.stack(seen["head"]), seen["precode"]
+
+
+def test_fedavg_head_model_is_exact_at_every_step_s_features(mnist_victims):
+    """The per-step model of FedAvg's head reproduces the pseudo-gradient at the true features of both
+    steps; holding the features fixed over the steps does not (LeNet's features move between them)."""
+    from ppp.attacks.head import _residual
+    images, labels = mnist_victims[0][:4], torch.tensor([0, 1, 2, 3])
+    model = _lenet(precode=False)
+    update, steps, _ = _fedavg_truth(model, images, labels, 0.1)
+    _, head = head_module(model)
+    W, b = head.weight.detach().double(), head.bias.detach().double()
+    M = torch.cat([update["stages.head.weight"].double(), update["stages.head.bias"].double()[:, None]], 1)
+    rows = torch.cat([steps.flatten(0, 1), torch.ones(8, 1, dtype=torch.float64)], 1)
+    V = torch.linalg.qr(rows.T)[0].T  # the basis the true rows span
+    Y = torch.nn.functional.one_hot(labels, 10).double()
+    residual, _, _, scales = _residual(rows @ V.T, M @ V.T, V, W, b, Y, 2, 0.1)
+    assert residual.norm() < 1e-5
+    assert torch.allclose(scales, torch.full_like(scales, 1 / 8), rtol=1e-3)
+    fixed = _residual(rows[:4] @ V.T, M @ V.T, V, W, b, Y, 2, 0.1)[0]
+    assert fixed.norm() > 1e-3
+
+
+def test_precode_inputs_follow_fedavg_s_steps(mnist_victims):
+    """Given every step's decoder outputs, replaying the client's steps on head, decoder and encoder gives
+    PRECODE's inputs at the first step exactly."""
+    from ppp.attacks.head import HeadRecovery, _output_errors
+    images, labels = mnist_victims[0][:4], torch.tensor([0, 1, 2, 3])
+    model = _lenet(precode=True)
+    torch.manual_seed(3)
+    update, steps, precode_steps = _fedavg_truth(model, images, labels, 0.1)
+    _, head = head_module(model)
+    Y = torch.nn.functional.one_hot(labels, 10).double()
+    errors = _output_errors(steps, head.weight.detach().double(), head.bias.detach().double(), Y, 2, 0.1)
+    recovery = HeadRecovery(steps[0][None], errors[None], torch.full((1, 2, 4), 1 / 8, dtype=torch.float64),
+                            torch.zeros(1), labels[None], steps[None])
+    view = ServerView(model, {n: g[None] for n, g in update.items()}, labels, "eval", images_per_update=4,
+                      local_steps=2, local_lr=0.1)
+    recovered = recover_precode_inputs(view, recovery)
+    assert _relative_error(recovered, precode_steps[0][None]) < 1e-4

@@ -59,47 +59,57 @@ def head_index(model: StagedNet) -> int:
 class HeadRecovery:
     """What the head's gradient gives per update (U updates of B images)."""
 
-    features: torch.Tensor  # (U, B, D) the head's inputs
-    output_errors: torch.Tensor  # (U, B, C) softmax - onehot per image, at the recovered features
-    scales: torch.Tensor  # (U, B) each image's weight in the update (1/B for FedSGD's mean loss)
+    features: torch.Tensor  # (U, B, D) the head's inputs (at the server's weights: FedAvg's first step)
+    # Per fitted step S' (1 for FedSGD, or FedAvg with features held fixed; S for FedAvg's exact fit):
+    output_errors: torch.Tensor  # (U, S', B, C) softmax - onehot per image (FedAvg fixed: the steps' mean)
+    scales: torch.Tensor  # (U, S', B) each term's weight in the update (1/(S B) without clipping)
     residual: torch.Tensor  # (U,) relative residual of the fit: 0 where the gradient is reproduced exactly
     labels: torch.Tensor | None = None  # (U, B) the labels the fit used (corrected where they were searched)
+    step_features: torch.Tensor | None = None  # (U, S', B, D) the head's inputs at every fitted step
 
 
 def _output_errors(features: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: torch.Tensor, local_steps: int,
                    local_lr: float) -> torch.Tensor:
-    """Each image's softmax - onehot (B, C), averaged over the client's local steps as the head alone would
-    take them with the features held fixed (FedAvg's pseudo-gradient is the mean of its steps' gradients;
-    one step: FedSGD). The earlier layers move too, which this leaves out: approximate for FedAvg."""
-    total = torch.zeros_like(Y)
-    images = features.shape[0]
-    for _ in range(local_steps):
-        G = torch.softmax(features @ W.T + b, dim=1) - Y
-        total = total + G
-        if local_steps > 1:
-            W = W - local_lr * G.T @ features / images
+    """Each image's softmax - onehot (S, B, C) at every local step. `features` (S', B, D) are the head's
+    inputs per step: S' = S when the fit has each step's own (the exact FedAvg model: the head takes the
+    client's steps, and every step reads the features its earlier layers give then), S' = 1 when one set
+    is held fixed over the steps (approximate for FedAvg, where the earlier layers move too)."""
+    out = []
+    images = features.shape[1]
+    for step in range(local_steps):
+        h = features[min(step, features.shape[0] - 1)]
+        G = torch.softmax(h @ W.T + b, dim=1) - Y
+        out.append(G)
+        if step < local_steps - 1:
+            W = W - local_lr * G.T @ h / images
             b = b - local_lr * G.sum(0) / images
-    return total / local_steps
+    return torch.stack(out)
 
 
 def _residual(A: torch.Tensor, K: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: torch.Tensor,
               local_steps: int, local_lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(residual, features, output errors, scales) of one update at A."""
+    """(residual, features, output errors, scales) of one update at A: features and errors (S', B, .) and
+    scales (S' * B,), S' = A's rows over the B images (1, or every local step's own)."""
+    images = Y.shape[0]
     rows = A @ V
     rows = rows / rows[:, -1:]
-    G = _output_errors(rows[:, :-1], W, b, Y, local_steps, local_lr)
-    coords = rows @ V.T  # (B, B): each image's [h_i, 1] in the basis
-    # K = sum_i s_i g_i coords_i^T is linear in the scales s: solved exactly for the current A.
-    basis = torch.einsum("ic,ij->icj", G, coords).flatten(1)  # (B, C * B)
+    per_step = rows.shape[0] // images
+    features = rows[:, :-1].view(per_step, images, -1)
+    G = _output_errors(features, W, b, Y, local_steps, local_lr)
+    if per_step == 1:
+        G = G.mean(0, keepdim=True)  # the pseudo-gradient is the steps' mean; the features are fixed
+    coords = rows @ V.T  # (S' B, r): each [h, 1] in the basis
+    # K = sum_k s_k g_k coords_k^T is linear in the scales s: solved exactly for the current A.
+    basis = torch.einsum("ic,ij->icj", G.flatten(0, 1), coords).flatten(1)  # (S' B, C * r)
     gram = basis @ basis.T
     s = torch.linalg.solve(gram + 1e-12 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype),
                            basis @ K.flatten())
-    return (K.flatten() - basis.T @ s) / K.norm().clamp_min(1e-300), rows[:, :-1], G, s
+    return (K.flatten() - basis.T @ s) / K.norm().clamp_min(1e-300), features, G, s
 
 
 def _fit(K: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: torch.Tensor, A: torch.Tensor,
          steps: int, local_steps: int = 1, local_lr: float = 0.01) -> tuple[torch.Tensor, float]:
-    """Levenberg-Marquardt on A (B x B) for one update; returns (A, relative residual)."""
+    """Levenberg-Marquardt on A (S' B x r) for one update; returns (A, relative residual)."""
 
     def residual(A: torch.Tensor) -> torch.Tensor:
         return _residual(A, K, V, W, b, Y, local_steps, local_lr)[0]
@@ -136,17 +146,26 @@ EXACT_FIT = 1e-5  # relative residual: float32 gradients leave about 1e-7; a wro
 def _fit_update(M: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
                 starts: int, steps: int, gen: torch.Generator, local_steps: int,
                 local_lr: float) -> tuple[torch.Tensor, float]:
-    """One update's best A over the label rows' start and up to `starts` perturbed ones."""
+    """One update's best A over the label rows' start and up to `starts` perturbed ones. With a basis
+    of S B rows (FedAvg, every step's features their own), the fixed-features fit starts each step."""
     K = M @ V.T
     Y = nn.functional.one_hot(labels, W.shape[0]).double()
     start = M[labels] @ V.T  # each image's own class row: its dominant term
-    best_A, best = _fit(K, V, W, b, Y, start, steps, local_steps, local_lr)
+    per_step = V.shape[0] // len(labels) > 1
     scale = start.norm() / len(labels)
-    for k in range(starts):
+    best_A, best = None, float("inf")
+    for k in range(starts + 1):
         if best < EXACT_FIT:
             break
-        candidate = start + 0.1 * (k + 1) * scale * torch.randn(start.shape, generator=gen, dtype=torch.float64)
+        candidate = start if k == 0 else start + 0.1 * k * scale * torch.randn(start.shape, generator=gen,
+                                                                               dtype=torch.float64)
         A, res = _fit(K, V, W, b, Y, candidate, steps, local_steps, local_lr)
+        if per_step:
+            # Every step's features from the fixed ones, a little apart so that the steps can separate.
+            spread = 1e-3 * A.norm() / len(labels)
+            A = torch.cat([A] + [A + spread * torch.randn(A.shape, generator=gen, dtype=torch.float64)
+                                 for _ in range(local_steps - 1)])
+            A, res = _fit(K, V, W, b, Y, A, steps, local_steps, local_lr)
         if res < best:
             best_A, best = A, res
     return best_A, best
@@ -155,10 +174,12 @@ def _fit_update(M: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tens
 def recover_head_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, weight: torch.Tensor,
                         bias: torch.Tensor, labels: torch.Tensor, starts: int = 8, steps: int = 50,
                         seed: int = 0, local_steps: int = 1, local_lr: float = 0.01,
-                        search_labels: bool = False) -> HeadRecovery:
+                        search_labels: bool = False, per_step: bool = False) -> HeadRecovery:
     """Each image's input to a linear head from the head's shared gradients.
 
     weight_grad (U, C, D), bias_grad (U, C), the head's weight (C, D) and bias (C,), labels (U, B).
+    FedAvg (local_steps S > 1): with `per_step` and S B <= C, every step's features are unknowns of the
+    fit (exact: the pseudo-gradient's rank is S B); else one set held over the steps (approximate).
     With `search_labels` (labels inferred, not told), an update whose fit is not exact has its labels
     corrected greedily: one image's label changed at a time, kept where the fit's residual drops, until
     the fit is exact or no change helps; the labels used are returned. In float64 throughout."""
@@ -167,12 +188,13 @@ def recover_head_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, weig
     if images > classes:
         raise ValueError(f"the head's gradient has rank at most {classes} (its classes): it cannot separate "
                          f"{images} images per update")
+    fit_steps = local_steps if per_step and local_steps > 1 and local_steps * images <= classes else 1
     W, b = weight.detach().double(), bias.detach().double()
     stacked = torch.cat([weight_grad.double(), bias_grad.double().unsqueeze(-1)], dim=-1)  # (U, C, D + 1)
-    bases = leading_right_singular_vectors(stacked, images)  # (U, B, D + 1)
-    features = torch.empty(updates, images, W.shape[1], dtype=torch.float64)
-    errors = torch.empty(updates, images, classes, dtype=torch.float64)
-    scales = torch.empty(updates, images, dtype=torch.float64)
+    bases = leading_right_singular_vectors(stacked, fit_steps * images)  # (U, S' B, D + 1)
+    features = torch.empty(updates, fit_steps, images, W.shape[1], dtype=torch.float64)
+    errors = torch.empty(updates, fit_steps, images, classes, dtype=torch.float64)
+    scales = torch.empty(updates, fit_steps, images, dtype=torch.float64)
     residuals = torch.empty(updates, dtype=torch.float64)
     used = labels.clone()
     gen = generator(seed)
@@ -199,40 +221,68 @@ def recover_head_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, weig
                                                             local_lr)], key=lambda fit: fit[1])
         used[u] = current
         Y = nn.functional.one_hot(current, classes).double()
-        _, features[u], errors[u], scales[u] = _residual(best_A, M @ V.T, V, W, b, Y, local_steps, local_lr)
+        _, features[u], errors[u], s = _residual(best_A, M @ V.T, V, W, b, Y, local_steps, local_lr)
+        scales[u] = s.view(fit_steps, images)
         residuals[u] = best
     # A failed fit can divide by a vanishing bias coordinate: keep such rows finite (they are wrong either way).
     features = torch.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0).clamp(-1e6, 1e6)
-    return HeadRecovery(features, errors, scales, residuals, used)
+    return HeadRecovery(features[:, 0], errors, scales, residuals, used, features)
 
 
 def recover_precode_inputs(view: ServerView, recovery: HeadRecovery, rounds: int = 4) -> torch.Tensor:
     """PRECODE's inputs (U, B, D_in) from the decoder's outputs the head gave, the decoder's weights and
-    the encoder's shared gradient (its mean half); float64."""
+    the encoder's shared gradient (its mean half); float64. Where the head's fit has every FedAvg step's
+    outputs, the client's steps are replayed on head, decoder and encoder (each step's weights follow
+    from the steps before), and every step's inputs are solved together; the first step's are returned."""
     model = view.model
     bottleneck = model.bottleneck
     code = bottleneck.bottleneck_size
     _, head = head_module(model)
-    W = head.weight.detach().double()
-    decoder_w, decoder_b = bottleneck.decoder.weight.detach().double(), bottleneck.decoder.bias.detach().double()
-    encoder_w, encoder_b = bottleneck.encoder.weight.detach().double(), bottleneck.encoder.bias.detach().double()
+    lr = view.local_lr or 0.0
     names = model.encoder_parameter_names()
     grad_w = view.gradients[next(n for n in names if n.endswith("weight"))].double()[:, :code]
     grad_b = view.gradients[next(n for n in names if n.endswith("bias"))].double()[:, :code]
     encoder_grad = torch.cat([grad_w, grad_b.unsqueeze(-1)], dim=-1)  # (U, K, D_in + 1)
-    updates, images = recovery.features.shape[:2]
+    step_features = recovery.step_features if recovery.step_features is not None else recovery.features[:, None]
+    updates, steps, images = step_features.shape[:3]
     outputs = []
     for u in range(updates):
-        decoded = recovery.features[u]  # (B, D_out): the decoder's outputs
-        codes = torch.linalg.lstsq(decoder_w, (decoded - decoder_b).T).solution.T  # (B, K)
-        code_grad = recovery.scales[u].unsqueeze(1) * (recovery.output_errors[u] @ W @ decoder_w)  # (B, K)
-        mu = codes
+        W = head.weight.detach().double()
+        decoder = torch.cat([bottleneck.decoder.weight.detach().double(),
+                             bottleneck.decoder.bias.detach().double().unsqueeze(1)], dim=1)  # (D_out, K + 1)
+        code_grads, step_codes = [], []
+        for t in range(steps):
+            decoded = step_features[u, t]  # (B, D_out): the decoder's outputs at step t
+            codes = torch.linalg.lstsq(decoder[:, :-1], (decoded - decoder[:, -1]).T).solution.T  # (B, K)
+            errors = recovery.output_errors[u, t]
+            step_codes.append(codes)
+            code_grads.append(recovery.scales[u, t].unsqueeze(1) * (errors @ W @ decoder[:, :-1]))  # (B, K)
+            if t < steps - 1:  # the client's step on head and decoder (mean loss: 1/B per image)
+                upstream = errors @ W / images  # (B, D_out)
+                W = W - lr * errors.T @ decoded / images
+                decoder = decoder - lr * upstream.T @ torch.cat([codes, torch.ones(images, 1, dtype=codes.dtype)], 1)
+        code_grads = torch.cat(code_grads)  # (S' B, K)
+        encoder = torch.cat([bottleneck.encoder.weight.detach().double()[:code],
+                             bottleneck.encoder.bias.detach().double()[:code].unsqueeze(1)], dim=1)
+        rows = None
         for _ in range(rounds):
-            delta = code_grad + bottleneck.beta * mu / (images * math.log(2))
-            rows = torch.linalg.lstsq(delta.T, encoder_grad[u]).solution  # (B, D_in + 1)
+            # mu of every step's images at that step's encoder (from the inputs of the round before).
+            mus, current = [], encoder
+            for t in range(steps):
+                if rows is None:  # first round: the sampled codes for the means
+                    mus.append(step_codes[t])
+                    continue
+                step_rows = rows[t * images:(t + 1) * images]
+                mu = step_rows @ current.T
+                mus.append(mu)
+                if t < steps - 1:
+                    delta_t = code_grads[t * images:(t + 1) * images] * steps + bottleneck.beta * mu / (
+                        images * math.log(2))
+                    current = current - lr * delta_t.T @ step_rows
+            delta = code_grads + bottleneck.beta * torch.cat(mus) / (images * math.log(2) * steps)
+            rows = torch.linalg.lstsq(delta.T, encoder_grad[u]).solution  # (S' B, D_in + 1)
             rows = rows / rows[:, -1:]
-            mu = rows[:, :-1] @ encoder_w[:code].T + encoder_b[:code]
-        outputs.append(rows[:, :-1])
+        outputs.append(rows[:images, :-1])
     return torch.nan_to_num(torch.stack(outputs), nan=0.0, posinf=0.0, neginf=0.0).clamp(-1e6, 1e6)
 
 
@@ -243,6 +293,10 @@ INVERSES: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
     nn.Identity: lambda y: y,
 }
 PEEL_MAX_INPUTS = 4096  # a layer is inverted through its dense matrix: at most this many inputs
+# The ranges of bounded activations: a peeled stage's input must lie in the range of the activation that
+# produced it. An inexact fit's features do not (the inverses amplify any error), and peeling stops there.
+ACTIVATION_RANGES: dict[type, tuple[float, float]] = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0)}
+PEEL_TOLERANCE = 1e-3  # how far outside that range (a share of its width) a peeled value may lie
 
 
 def _linear_map(layer: nn.Module, in_shape: tuple[int, ...]) -> torch.Tensor:
@@ -301,6 +355,14 @@ def peel_layers(model: StagedNet, index: int, features: torch.Tensor) -> tuple[i
                 continue
             peeled = False
             break
+        if peeled and index > 1:
+            before = list(model.stages.values())[index - 2]
+            last = [m for m in (before.children() if isinstance(before, nn.Sequential) else [before])
+                    if not isinstance(m, nn.Flatten)][-1:]
+            bounds = ACTIVATION_RANGES.get(type(last[0])) if last else None
+            if bounds is not None:
+                margin = PEEL_TOLERANCE * (bounds[1] - bounds[0])
+                peeled = bool(((values > bounds[0] - margin) & (values < bounds[1] + margin)).all())
         if not peeled:
             break
         index, features = index - 1, values
@@ -351,7 +413,10 @@ class HeadInversion(RowOptimisation):
     # encoder ("encoder"), or the decoder's output, the head's input ("head").
     precode_target: str = "encoder"
     search_labels: bool = True  # with inferred labels, correct them where the head's fit is not exact
-    peel: bool = True  # invert the recovered features back through invertible layers first (peel_layers)
+    # FedAvg: fit every local step's features (the exact model, where S B <= classes). Off: on LeNet at
+    # local lr 0.1 it cut the fit's residual 100x but not its feature error (14-18%), at 10x the fit's time.
+    per_step: bool = False
+    peel: bool = True  # invert exactly recovered features back through invertible layers first (peel_layers)
     # Then Inverting Gradients on the whole update from the inverted features (0: no refinement), over
     # every gradient ("all") or those before PRECODE ("before_precode"), plus the feature term.
     refine_iterations: int = 0
@@ -386,7 +451,7 @@ class HeadInversion(RowOptimisation):
         recovery = recover_head_inputs(view.gradients[f"{owner}.weight"].cpu(), view.gradients[f"{owner}.bias"].cpu(),
                                        head.weight.cpu(), head.bias.cpu(), labels, starts=self.fit_starts,
                                        seed=fit_seed, local_steps=view.local_steps, local_lr=view.local_lr,
-                                       search_labels=inferred and self.search_labels)
+                                       search_labels=inferred and self.search_labels, per_step=self.per_step)
         labels = recovery.labels
         index = head_index(model)
         targets = recovery.features
