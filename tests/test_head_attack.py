@@ -105,7 +105,7 @@ def test_peeling_inverts_lenet_s_last_convolution(mnist_victims):
         head_inputs = model._features_before(images, 3).flatten(1)
         conv2_outputs = model._features_before(images, 2).flatten(1).double()
     index, peeled = peel_layers(model, 3, head_inputs.double())
-    assert index == 2  # conv2 maps 16x16 to 8x8: fewer outputs than inputs, so peeling stops there
+    assert index.tolist() == [2, 2]  # conv2 maps 16x16 to 8x8: fewer outputs than inputs, so peeling stops there
     assert _relative_error(peeled[None], conv2_outputs[None]) < 1e-3
 
 
@@ -143,15 +143,36 @@ def test_head_attack_breaks_the_paper_s_ppp_on_a_lenet_batch(mnist_victims):
 
 
 def test_peeling_stops_where_the_features_are_not_exact(mnist_victims):
-    """An inexact fit's features leave the sigmoid's range once peeled: inverted anyway they are noise."""
+    """An inexact fit's features leave the sigmoid's range once peeled (inverted anyway they are noise):
+    such a row stays where it is, while exact rows of the same call are peeled (cells attacked in one pass
+    must not change each other's results)."""
     model = _lenet(precode=False)
     with torch.no_grad():
         head_inputs = model._features_before(mnist_victims[0][:4], 3).flatten(1).double()
-    assert peel_layers(model, 3, head_inputs)[0] == 2
-    off = head_inputs * (1 + 0.01 * torch.randn(head_inputs.shape, generator=torch.Generator().manual_seed(0),
-                                                dtype=torch.float64))
-    index, kept = peel_layers(model, 3, off)
-    assert index == 3 and torch.equal(kept, off)
+        conv2_outputs = model._features_before(mnist_victims[0][:4], 2).flatten(1).double()
+    off = head_inputs.clone()
+    off[1:3] *= 1 + 0.01 * torch.randn(off[1:3].shape, generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.float64)
+    index, peeled = peel_layers(model, 3, off)
+    assert index.tolist() == [2, 3, 3, 2]
+    assert torch.equal(peeled[1:3, :off.shape[1]], off[1:3])
+    assert _relative_error(peeled[[0, 3]][None], conv2_outputs[[0, 3]][None]) < 1e-3
+
+
+def test_feature_matching_per_row_stage_equals_one_stage_at_a_time(mnist_victims):
+    from ppp.attacks.analytic import FeatureMatching
+    model = _lenet(precode=False)
+    images = (mnist_victims[0][:3] - model.mean[0]) / model.std[0]
+    with torch.no_grad():
+        at3 = model._features_before(mnist_victims[0][:3], 3).flatten(1)
+        at2 = model._features_before(mnist_victims[0][:3], 2).flatten(1)
+    targets = torch.stack([at2[0] * 1.1, at3[1] * 0.9, at2[2] * 0.8])
+    rows = torch.arange(3)
+    mixed = FeatureMatching(model, targets, 0.0, "mse", torch.tensor([2, 3, 2])).matching_loss(images, rows)
+    alone2 = FeatureMatching(model, targets, 0.0, "mse", 2).matching_loss(images, rows)
+    alone3 = FeatureMatching(model, targets, 0.0, "mse", 3).matching_loss(images, rows)
+    assert torch.allclose(mixed, torch.stack([alone2[0], alone3[1], alone2[2]]))
+    assert torch.allclose(mixed, torch.tensor([0.01 / 1.21, 0.01 / 0.81, 0.04 / 0.64]), rtol=1e-3)
 
 
 def _fedavg_truth(model, images, labels, local_lr):

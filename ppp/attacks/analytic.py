@@ -120,22 +120,34 @@ class FeatureMatching(ChunkedRowsObjective):
     independent (BatchNorm in evaluation mode, or per-row instance normalisation in training mode)."""
 
     def __init__(self, model: StagedNet, targets: torch.Tensor, tv_weight: float, feature_loss: str,
-                 index: int | None = None):
+                 index: int | torch.Tensor | None = None):
         if feature_loss not in FEATURE_LOSSES:
             raise ValueError(f"attack feature_loss must be one of {', '.join(FEATURE_LOSSES)}, got {feature_loss!r}")
         self.model, self.targets, self.tv_weight, self.feature_loss = model, targets, tv_weight, feature_loss
-        # The stage whose input is matched: PRECODE's (the analytic attack), or any other (the head attack).
+        # The stage whose input is matched: PRECODE's (the analytic attack), or any other (the head attack),
+        # or one per row (rows, ), each row's target zero-padded beyond that stage's width.
         self.index = model.precode_index if index is None else index
         self.mean, self.std = model.mean[0], model.std[0]
         self.target_squares = targets.pow(2).sum(1).clamp_min(1e-12)
 
-    def matching_loss(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _row_losses(self, images: torch.Tensor, rows: torch.Tensor, index: int) -> torch.Tensor:
         with per_row_batch_norm(self.model):
-            features = self.model._features_before(images * self.std + self.mean, self.index).flatten(1)
-        targets = self.targets[rows]
+            features = self.model._features_before(images * self.std + self.mean, index).flatten(1)
+        targets = self.targets[rows, :features.shape[1]]
         if self.feature_loss == "mse":
             return (features - targets).pow(2).sum(1) / self.target_squares[rows]
         return 1 - torch.nn.functional.cosine_similarity(features, targets, dim=1, eps=1e-12)
+
+    def matching_loss(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.index, torch.Tensor):
+            return self._row_losses(images, rows, self.index)
+        stages = self.index.to(rows.device)[rows]
+        order, losses = [], []
+        for index in stages.unique().tolist():
+            where = (stages == index).nonzero().flatten()
+            order.append(where)
+            losses.append(self._row_losses(images[where], rows[where], index))
+        return torch.cat(losses)[torch.argsort(torch.cat(order))]
 
     def _evaluate_rows(self, x, rows):
         images = x[rows].detach().requires_grad_(True)

@@ -311,62 +311,83 @@ def _linear_map(layer: nn.Module, in_shape: tuple[int, ...]) -> torch.Tensor:
     return out.flatten(1)
 
 
-def peel_layers(model: StagedNet, index: int, features: torch.Tensor) -> tuple[int, torch.Tensor]:
+def _peel_stage(model: StagedNet, index: int, values: torch.Tensor) -> torch.Tensor | None:
+    """The inputs of stage index - 1 from its outputs `values` (rows, n), or None where the stage cannot
+    be inverted (a layer that is not linear and invertible, or with fewer outputs than inputs)."""
+    stage = list(model.stages.values())[index - 1]
+    layers = list(stage.children()) if isinstance(stage, nn.Sequential) else [stage]
+    with torch.no_grad():
+        current = model._features_before(torch.zeros(1, *model.in_shape, device=model.mean.device), index - 1)
+    shapes = []
+    with torch.no_grad():
+        for layer in layers:
+            shapes.append(tuple(current.shape[1:]))
+            current = layer(current)
+    for layer, in_shape in zip(reversed(layers), reversed(shapes)):
+        if isinstance(layer, nn.Flatten):
+            continue  # values stay flat; shapes are tracked separately
+        inverse = next((f for t, f in INVERSES.items() if type(layer) is t), None)
+        if inverse is not None:
+            values = inverse(values)
+            continue
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            return None
+        inputs = math.prod(in_shape)
+        matrix = _linear_map(layer, in_shape).to(values.device)
+        if inputs > PEEL_MAX_INPUTS or matrix.shape[1] < inputs:
+            return None
+        bias = 0.0
+        if layer.bias is not None:
+            with torch.no_grad():
+                bias = layer(torch.zeros(1, *in_shape, dtype=layer.weight.dtype,
+                                         device=layer.weight.device)).flatten(1).double()
+        # One pseudo-inverse for all rows: each row's input from its own output alone (a row that the fit
+        # got wrong must not spoil the others, as a joint least-squares solve would).
+        values = (values - bias) @ torch.linalg.pinv(matrix)
+    return values
+
+
+def _in_range(model: StagedNet, index: int, values: torch.Tensor) -> torch.Tensor:
+    """Per row: do the inputs of stage `index` lie in the range of the activation that produced them?"""
+    if index == 0:
+        return torch.ones(len(values), dtype=torch.bool, device=values.device)
+    before = list(model.stages.values())[index - 1]
+    last = [m for m in (before.children() if isinstance(before, nn.Sequential) else [before])
+            if not isinstance(m, nn.Flatten)][-1:]
+    bounds = ACTIVATION_RANGES.get(type(last[0])) if last else None
+    if bounds is None:
+        return torch.ones(len(values), dtype=torch.bool, device=values.device)
+    margin = PEEL_TOLERANCE * (bounds[1] - bounds[0])
+    return ((values > bounds[0] - margin) & (values < bounds[1] + margin)).all(1)
+
+
+def peel_layers(model: StagedNet, index: int, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Walk back from the input of stage `index`: while the stage before is a linear layer (Conv2d or
     Linear) with at least as many outputs as inputs, followed by invertible activations (and Flatten),
     its input follows exactly from its output (least squares through its matrix). Deeper features are
-    a better-posed target for the image inversion (LeNet's CIFAR-10 median SSIM 0.50 -> 0.59,
-    benchmarks/README.md). Returns the stage index reached and its inputs, flattened (rows, n)."""
-    features = features.double()
-    while index > 0:
-        stage = list(model.stages.values())[index - 1]
-        layers = list(stage.children()) if isinstance(stage, nn.Sequential) else [stage]
-        with torch.no_grad():
-            stage_input = model._features_before(torch.zeros(1, *model.in_shape, device=model.mean.device),
-                                                 index - 1)
-        shapes, current = [], stage_input
-        with torch.no_grad():
-            for layer in layers:
-                shapes.append(tuple(current.shape[1:]))
-                current = layer(current)
-        values = features
-        peeled = True
-        for layer, in_shape in zip(reversed(layers), reversed(shapes)):
-            if isinstance(layer, nn.Flatten):
-                continue  # values stay flat; shapes are tracked separately
-            inverse = next((f for t, f in INVERSES.items() if type(layer) is t), None)
-            if inverse is not None:
-                values = inverse(values)
-                continue
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                inputs = math.prod(in_shape)
-                matrix = _linear_map(layer, in_shape).to(values.device)
-                if inputs > PEEL_MAX_INPUTS or matrix.shape[1] < inputs:
-                    peeled = False
-                    break
-                bias = 0.0
-                if layer.bias is not None:
-                    with torch.no_grad():
-                        bias = layer(torch.zeros(1, *in_shape, dtype=layer.weight.dtype,
-                                                 device=layer.weight.device)).flatten(1).double()
-                # One pseudo-inverse for all rows: each row's input from its own output alone (a row that
-                # the fit got wrong must not spoil the others, as a joint least-squares solve would).
-                values = (values - bias) @ torch.linalg.pinv(matrix)
-                continue
-            peeled = False
+    a better-posed target for the image inversion (LeNet's CIFAR-10 median SSIM 0.50 -> 0.57,
+    benchmarks/README.md). Row by row: a row stops where its peeled values leave the range of the
+    activation that produced them (an inexact fit's, which the inverses amplify). Returns each row's
+    stage index (rows,) and its inputs there, flattened and zero-padded to the widest (rows, n)."""
+    rows = [features[r].double() for r in range(len(features))]
+    indices = torch.full((len(features),), index, dtype=torch.long)
+    active = torch.ones(len(features), dtype=torch.bool)
+    while index > 0 and bool(active.any()):
+        values = _peel_stage(model, index, torch.stack([rows[r] for r in active.nonzero().flatten().tolist()]))
+        if values is None:
             break
-        if peeled and index > 1:
-            before = list(model.stages.values())[index - 2]
-            last = [m for m in (before.children() if isinstance(before, nn.Sequential) else [before])
-                    if not isinstance(m, nn.Flatten)][-1:]
-            bounds = ACTIVATION_RANGES.get(type(last[0])) if last else None
-            if bounds is not None:
-                margin = PEEL_TOLERANCE * (bounds[1] - bounds[0])
-                peeled = bool(((values > bounds[0] - margin) & (values < bounds[1] + margin)).all())
-        if not peeled:
-            break
-        index, features = index - 1, values
-    return index, features
+        ok = _in_range(model, index - 1, values)
+        for k, r in enumerate(active.nonzero().flatten().tolist()):
+            if ok[k]:
+                rows[r], indices[r] = values[k], index - 1
+            else:
+                active[r] = False
+        index -= 1
+    width = max(len(r) for r in rows)
+    padded = torch.zeros(len(rows), width, dtype=torch.float64, device=features.device)
+    for r, values in enumerate(rows):
+        padded[r, :len(values)] = values
+    return indices, padded
 
 
 class FeatureAndGradientMatching(RowsObjective):
@@ -463,9 +484,12 @@ class HeadInversion(RowOptimisation):
         if self.peel:
             index, flat = peel_layers(model, index, targets.reshape(-1, targets.shape[-1]))
             targets = flat.view(*targets.shape[:2], -1)
+        else:
+            index = torch.full((targets.shape[0] * targets.shape[1],), index, dtype=torch.long)
         self.recovery = {"residual": recovery.residual, "features": targets, "stage": index}
         rows = targets.reshape(-1, targets.shape[-1]).float().to(device).repeat_interleave(self.restarts, dim=0)
-        objective = FeatureMatching(model, rows, self.tv_weight, self.feature_loss, index)
+        objective = FeatureMatching(model, rows, self.tv_weight, self.feature_loss,
+                                    index.to(device).repeat_interleave(self.restarts))
         # One optimisation row per image: a view of single images carrying nothing but their count.
         images = view.num_images
         row_view = ServerView(model, {"images": torch.zeros(images, 1)}, None, view.model_mode)
@@ -501,7 +525,7 @@ class HeadInversion(RowOptimisation):
                                     [view.gradients[n].to(device) for n in refine.names], refine,
                                     torch.zeros(group_shape, device=device))
         features = FeatureMatching(model, targets.reshape(-1, targets.shape[-1]).float().to(device), 0.0,
-                                        self.feature_loss, index)
+                                   self.feature_loss, index.to(device))
         combined = FeatureAndGradientMatching(matching, features, self.refine_feature_weight, per_update)
         refined = optimise(view, labels.flatten(), refine, seeds, victim_ids=ids, objective=combined,
                            start=result.images)
