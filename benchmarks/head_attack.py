@@ -133,7 +133,7 @@ def run(dataset: str, name: str, group: int, steps: int, defense_name: str, sigm
                     first_step = torch.autograd.grad(
                         torch.nn.functional.cross_entropy(model(images[start:start + group]),
                                                           labels[start:start + group]), p)[0]
-                    layer_drift.setdefault(pname, []).append(float(local_lr * first_step.norm() / p.norm()))
+                    layer_drift.setdefault(pname, []).append(float(local_lr * first_step.norm() / p.detach().norm()))
     grads = {n: torch.stack([u[n] for u in updates]) for n in updates[0]}
     owner = model.classifier_weight_name().rpartition(".")[0]
     known = order != "inferred"
@@ -191,6 +191,14 @@ def markdown(path: Path) -> str:
                    f"{pre} | {x['residual_median']:.0e} | {x['label_accuracy']:.2f}"
                    + (f" ({x['label_accuracy_after_search']:.2f})" if x.get("label_accuracy_after_search") is not None
                       else "") + f" | {x['ssim_median']:.2f} |")
+    drift = [x for x in lines if "head_drift_median" in x]
+    if drift:
+        out += ["", "| dataset | FedAvg setting | head inputs moved by the first local step (median, relative) "
+                "| weights moved by one local step (median, relative; each weight in model order: conv1, conv2, conv3, [PRECODE encoder, decoder,] head) |",
+                "|---|---|---|---|"]
+        for x in drift:
+            steps = ", ".join(f"{v:.3f}" for v in x["layer_step_median"].values())
+            out.append(f"| {x['dataset']} | {x['setting']} | {x['head_drift_median']:.2f} | {steps} |")
     return "\n".join(out)
 
 
