@@ -97,7 +97,7 @@ def relative_errors(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor
 
 
 def run(dataset: str, name: str, group: int, steps: int, defense_name: str, sigma: float, order: str,
-        draw: int, iterations: int, seed: int, peel: bool = True, refine: int = 0) -> dict:
+        draw: int, iterations: int, seed: int, peel: bool = True, refine: int = 0, tv: float = 0.002) -> dict:
     facts = DATASETS[dataset]
     images, labels = victims(dataset, 16, draw, order)
     precode = defense_name in ("precode", "ppp", "ppp_encoder")
@@ -163,7 +163,7 @@ def run(dataset: str, name: str, group: int, steps: int, defense_name: str, sigm
         precode_errors = relative_errors(recover_precode_inputs(view, recovery), torch.stack(precode_truth))
         line.update(precode_error_median=float(precode_errors.median()),
                     precode_exact_share=float((precode_errors < 1e-3).double().mean()))
-    attack = build_attack("head", iterations=iterations, lr=0.1, tv_weight=0.002,
+    attack = build_attack("head", iterations=iterations, lr=0.1, tv_weight=tv,
                           labels="known" if known else "inferred", peel=peel, per_step=per_step,
                           refine_iterations=refine)
     view = ServerView(model, grads, labels if known else None, "eval", images_per_update=group, local_steps=steps,
@@ -214,6 +214,7 @@ def main() -> None:
                         help="invert the head's (or PRECODE's) input itself, not peeled back (setting names get ', no peel')")
     parser.add_argument("--refine", type=int, default=0,
                         help="the attack's refine_iterations (setting names get ', refined N')")
+    parser.add_argument("--tv", type=float, default=0.002, help="the inversion's TV weight (setting names get ', TV x')")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     if args.markdown:
@@ -227,11 +228,13 @@ def main() -> None:
             continue
         try:
             line = run(args.dataset, name, group, steps, defense, sigma, order, args.draw, args.iterations, args.seed,
-                       peel=not args.no_peel, refine=args.refine)
+                       peel=not args.no_peel, refine=args.refine, tv=args.tv)
             if args.no_peel:
                 line["setting"] += ", no peel"
             if args.refine:
                 line["setting"] += f", refined {args.refine}"
+            if args.tv != 0.002:
+                line["setting"] += f", TV {args.tv:g}"
         except ValueError as err:  # e.g. more images than the head has classes
             line = dict(dataset=args.dataset, setting=name, images_per_update=group, refused=str(err))
         line.update(commit=commit, cpu=platform.machine(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
