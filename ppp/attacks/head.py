@@ -373,11 +373,12 @@ def peel_layers(model: StagedNet, index: int, features: torch.Tensor) -> tuple[t
     indices = torch.full((len(features),), index, dtype=torch.long)
     active = torch.ones(len(features), dtype=torch.bool)
     while index > 0 and bool(active.any()):
-        values = _peel_stage(model, index, torch.stack([rows[r] for r in active.nonzero().flatten().tolist()]))
+        live = active.nonzero().flatten().tolist()
+        values = _peel_stage(model, index, torch.stack([rows[r] for r in live]))
         if values is None:
             break
         ok = _in_range(model, index - 1, values)
-        for k, r in enumerate(active.nonzero().flatten().tolist()):
+        for k, r in enumerate(live):
             if ok[k]:
                 rows[r], indices[r] = values[k], index - 1
             else:
