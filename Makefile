@@ -9,7 +9,7 @@ MLFLOW_PORT ?= 5000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ppp-installed
 
-.PHONY: run test lint ui look mlflow-server cluster-test dry-run paper-dry-run clean-results venv gpu-check
+.PHONY: run test lint ui look mlflow-server cluster-test dry-run paper-dry-run clean-results venv gpu-check results-page
 
 # Resumes by itself after a crash or kill -9 (tools/run_workflow.sh): a stale lock is removed only when
 # no run is alive here, and half-written outputs are redone.
@@ -36,6 +36,11 @@ paper-dry-run: $(STAMP)
 # so in one line and exits 0. GPU_CHECK_ARGS=--plan lists the cells without running them.
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# docs/results.md and the README's answer table from the two draws' verdict CSVs under docs/results/
+# (tools/results_page.py; --check only compares).
+results-page: $(STAMP)
+	$(BIN)/python tools/results_page.py
 
 # The MLflow UI over the workflow's local SQLite backend, on this machine only.
 ui: $(STAMP)

@@ -17,37 +17,8 @@ import sys
 
 import pandas as pd
 
+from ppp.results_page import side_by_side
 from ppp.verdicts import SETTING, VERDICTS, contradictions
-
-
-def _cell(row) -> str:
-    if not isinstance(row.get("verdict"), str):
-        return "(not run)"
-    unit = " dB" if "dB" in str(row.statistic) else ""
-    text = f"**{row.verdict}** {row.estimate:.2f}{unit}"
-    if pd.notna(row.ci_low):
-        text += f" [{row.ci_low:.2f}, {row.ci_high:.2f}]"
-    if row.claim in ("protects", "F3") and isinstance(row.attack, str):
-        text += f" {row.attack}"
-    if row.claim == "protects" and pd.notna(row.psnr_gap_db):
-        text += f", gap {row.psnr_gap_db:.1f} dB [{row.psnr_gap_ci_low:.1f}, {row.psnr_gap_ci_high:.1f}]"
-    if row.claim in ("F2", "F3", "protects") and row.verdict != "fails" and str(row.converged) == "False":
-        text += ", not converged"
-    return text
-
-
-def side_by_side(first: pd.DataFrame, second: pd.DataFrame) -> str:
-    """A markdown table: one row per claim, each draw's verdict with its statistic and interval."""
-    keys = SETTING + ["claim", "defense", "noise_scale"]
-    both = first.merge(second, on=keys, suffixes=("", "_2"), how="outer")
-    lines = ["| dataset | arch | images | claim | defence | draw 0 | draw 1 |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for _, row in both.iterrows():
-        second_row = pd.Series({c[:-2]: row[c] for c in both.columns if c.endswith("_2")} | {k: row[k] for k in keys})
-        defence = row.defense + (f" {row.noise_scale:g}" if row.noise_scale else "")
-        images = f"{row.batch_size}" + (f", FedAvg {row.local_steps} steps" if row.local_steps > 1 else "")
-        lines.append(f"| {row.dataset} | {row.arch} | {images} | {row.claim} | {defence} | {_cell(row)} | "
-                     f"{_cell(second_row)} |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
