@@ -9,12 +9,17 @@ MLFLOW_PORT ?= 5000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ppp-installed
 
-.PHONY: run test lint ui look mlflow-server cluster-test dry-run paper-dry-run clean-results venv gpu-check results-page
+.PHONY: timing run test lint ui look mlflow-server cluster-test dry-run paper-dry-run clean-results venv gpu-check results-page
 
 # Resumes by itself after a crash or kill -9 (tools/run_workflow.sh): a stale lock is removed only when
 # no run is alive here, and half-written outputs are redone.
 run: $(STAMP)
 	bash tools/run_workflow.sh $(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+
+# Where the last run's time went: per rule and per job, wall, start-up and CPU seconds, and the CPU model
+# (ppp/run_timing.py). RUN_TIMING_ARGS="--log .snakemake/log/X.snakemake.log" picks an older run.
+timing: $(STAMP)
+	$(BIN)/python -m ppp.run_timing . $(RUN_TIMING_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

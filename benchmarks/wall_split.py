@@ -18,6 +18,8 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+from ppp.run_timing import newest_snakemake_log, parse_snakemake_log
+
 STAGES = [("attack_", "attacks"), ("train", "training"), ("evaluate", "evaluation"),
           ("aggregate", "evaluation"), ("capture_", "data, models, captures"),
           ("prepare_", "data, models, captures"), ("init_model", "data, models, captures")]
@@ -25,38 +27,6 @@ STAGES = [("attack_", "attacks"), ("train", "training"), ("evaluate", "evaluatio
 
 def stage_of(rule: str) -> str:
     return next((name for prefix, name in STAGES if rule.startswith(prefix)), rule)
-
-
-def parse_snakemake_log(path: Path) -> tuple[datetime, datetime, list[dict]]:
-    text = path.read_text()
-    stamp = re.compile(r"^\[(\w{3} \w{3} +\d+ [\d:]{8} \d{4})\]$")
-    jobs, current_time, pending = {}, None, None
-    first = last = None
-    for line in text.splitlines():
-        m = stamp.match(line.strip())
-        if m:
-            current_time = datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
-            first = first or current_time
-            last = current_time
-            continue
-        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
-        if m:
-            pending = {"rule": m.group(1), "start": current_time}
-            continue
-        if pending is not None:
-            m = re.match(r"^log: (\S+?),?$", line.strip())
-            if m:
-                pending["log"] = m.group(1)
-            m = re.match(r"^jobid: (\d+)$", line.strip())
-            if m:
-                jobs[int(m.group(1))] = pending
-                pending = None
-                continue
-        m = re.match(r"^Finished jobid: (\d+)", line.strip())
-        if m and int(m.group(1)) in jobs:
-            jobs[int(m.group(1))]["end"] = current_time
-    started = datetime.strptime(re.search(r"Date: ([\d-]+ [\d:]+)", text).group(1), "%Y-%m-%d %H:%M:%S")
-    return started, last, [j for j in jobs.values() if "end" in j]
 
 
 def first_log_time(path: Path) -> datetime | None:
@@ -76,14 +46,15 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
     run = Path(args.run_dir)
-    log = max((run / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
-    started, ended, jobs = parse_snakemake_log(log)
+    log = newest_snakemake_log(run)
+    parsed = parse_snakemake_log(log)
+    started, ended, jobs = parsed.started, parsed.ended, parsed.jobs
     rows: dict[str, dict[str, float]] = {}
     for job in jobs:
-        seconds = (job["end"] - job["start"]).total_seconds()
-        first = first_log_time(run / job["log"]) if job.get("log") else None
-        startup = min(max((first - job["start"]).total_seconds(), 0.0), seconds) if first else 0.0
-        row = rows.setdefault(stage_of(job["rule"]), {"jobs": 0, "startup": 0.0, "work": 0.0})
+        seconds = (job.end - job.start).total_seconds()
+        first = first_log_time(run / job.log) if job.log else None
+        startup = min(max((first - job.start).total_seconds(), 0.0), seconds) if first else 0.0
+        row = rows.setdefault(stage_of(job.rule), {"jobs": 0, "startup": 0.0, "work": 0.0})
         row["jobs"] += 1
         row["startup"] += startup
         row["work"] += seconds - startup

@@ -53,8 +53,28 @@ def configure(threads: int, log_path: str | None) -> None:
 def _common_params(smk) -> dict:
     # What makes runs comparable across invocations: the seed and device the job ran with, and the
     # libraries' versions (the git commit and user are set by the mirror, once per invocation).
-    return {"seed": smk.config.get("seed"), "device": smk.config.get("device"),
-            **{f"version.{k}": v for k, v in library_versions().items()}}
+    # The CPU and threads too: the same job's time differs 2x between CPUs (README, "Time").
+    from ppp.run_timing import cpu_model
+
+    return {"seed": smk.config.get("seed"), "device": smk.config.get("device"), "host.cpu": cpu_model(),
+            "host.threads": int(smk.threads), **{f"version.{k}": v for k, v in library_versions().items()}}
+
+
+# The line `ppp.run_timing` reads from each job's log: CPU seconds per job, which Snakemake's benchmark
+# files under-count (they sample the process every few seconds and miss the time after the last sample).
+PROCESS_TIME_FORMAT = "job finished: %.2f s wall since the process started, %.2f s CPU, %d torch thread(s)"
+
+
+def log_process_time() -> None:
+    import time
+
+    import psutil
+
+    process = psutil.Process()
+    times = process.cpu_times()
+    wall = time.time() - process.create_time()
+    logging.getLogger("ppp.jobs").info(PROCESS_TIME_FORMAT, wall, times.user + times.system,
+                                       torch.get_num_threads())
 
 
 def _records_dir(smk) -> str | None:
@@ -80,6 +100,7 @@ def job(smk, params: dict | None = None, record: bool = True) -> Iterator[JobRec
             with JobRecord(_records_dir(smk), run_name, tags,
                            {**_common_params(smk), **wildcards, **(params or {})}) as run:
                 yield run
+        log_process_time()
     except Exception as err:
         logging.getLogger("ppp.jobs").exception("job failed")
         with contextlib.suppress(OSError):

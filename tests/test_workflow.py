@@ -130,7 +130,7 @@ def test_every_job_is_an_mlflow_run_nested_under_the_invocation(finished_run):
         assert run.data.metrics["psnr_mean"] == pytest.approx(cell.psnr.mean(), abs=1e-4)
     # Params that compare across runs, and who ran what from which commit.
     for run in jobs:
-        assert {"seed", "device", "version.torch", "version.ppp"} <= set(run.data.params)
+        assert {"seed", "device", "version.torch", "version.ppp", "host.cpu", "host.threads"} <= set(run.data.params)
         assert run.data.tags.get("mlflow.user") and run.data.tags.get("mlflow.source.git.commit") is not None
     # The data a job read is an MLflow dataset input with its checksum.
     prepare = next(r for r in jobs if r.data.tags["rule"] == "prepare_data")
@@ -405,3 +405,18 @@ def test_a_full_disk_fails_its_job_with_one_line_and_the_next_run_gives_a_clean_
                 (reference / "results" / "tables" / f"{table}.csv").read_bytes(), table
     finally:
         subprocess.run(["umount", "-l", str(attacks)], check=False)
+
+
+def test_make_timing_reads_every_finished_jobs_process_time(finished_run):
+    """The per-rule timing a user sends (make timing): every job that ran ppp's code wrote its process's
+    wall and CPU seconds to its log, and the report names the CPU the jobs ran on."""
+    from ppp.run_timing import load_run, report
+
+    workdir, _ = finished_run
+    run = load_run(workdir)
+    scripted = [j for j in run.jobs if j.rule != "all"]
+    assert scripted and all(j.cpu_s is not None and j.cpu_s > 0 for j in scripted), \
+        [j.rule for j in scripted if j.cpu_s is None]
+    assert all(0 < j.process_wall_s <= j.seconds + 1 for j in scripted)  # 1 s: the log's stamps
+    text = report(workdir)
+    assert "The jobs ran on: " in text and "| attack_" in text

@@ -1,0 +1,70 @@
+"""`make timing` (ppp.run_timing): per-rule wall, start-up and CPU seconds from a Snakemake log and the
+jobs' own logs."""
+
+from pathlib import Path
+
+from ppp.run_timing import load_run, main, timing_table
+
+SNAKEMAKE_LOG = """Assuming unrestricted shared filesystem usage.
+  Date: 2026-12-06 07:54:50
+Provided cores: 2
+[Sun Dec  6 07:54:52 2026]
+rule attack_lenet_b1s1_ig:
+    input: a, b
+    log: results/logs/attack/cifar10.log
+    jobid: 3
+    wildcards: dataset=cifar10, state=init
+    threads: 2
+    resources: tmpdir=/tmp
+Shell command: None
+[Sun Dec  6 07:54:53 2026]
+localrule evaluate:
+    log: results/logs/evaluate/mnist.log
+    jobid: 4
+    wildcards: dataset=mnist
+Shell command: None
+[Sun Dec  6 07:55:02 2026]
+Finished jobid: 4 (Rule: evaluate)
+[Sun Dec  6 07:56:32 2026]
+Finished jobid: 3 (Rule: attack_lenet_b1s1_ig)
+[Sun Dec  6 07:56:33 2026]
+localrule never_finished:
+    jobid: 5
+"""
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    (tmp_path / ".snakemake" / "log").mkdir(parents=True)
+    (tmp_path / ".snakemake" / "log" / "2026-12-06T075450.snakemake.log").write_text(SNAKEMAKE_LOG)
+    logs = tmp_path / "results" / "logs"
+    (logs / "attack").mkdir(parents=True)
+    (logs / "attack" / "cifar10.log").write_text(
+        "2026-12-06 07:55:00,000 INFO ppp.stages: attack done\n"
+        "2026-12-06 07:56:31,000 INFO ppp.jobs: job finished: 96.00 s wall since the process started, "
+        "150.00 s CPU, 2 torch thread(s)\n")
+    return tmp_path  # evaluate's log is missing: its CPU time is unknown, not zero
+
+
+def test_jobs_rules_threads_and_times_come_from_the_snakemake_log_and_the_jobs_logs(tmp_path):
+    run = load_run(_run_dir(tmp_path))
+    assert run.cores == 2 and run.wall_s == 103  # 07:54:50 to the last finished job
+    jobs = {j.rule: j for j in run.jobs}
+    assert set(jobs) == {"attack_lenet_b1s1_ig", "evaluate"}  # the unfinished job is not counted
+    attack, evaluate = jobs["attack_lenet_b1s1_ig"], jobs["evaluate"]
+    assert (attack.threads, attack.wildcards, attack.cpu_s) == (2, "dataset=cifar10, state=init", 150.0)
+    assert attack.seconds == 100 and attack.process_wall_s == 96
+    assert (evaluate.threads, evaluate.seconds, evaluate.cpu_s) == (1, 9, None)
+
+
+def test_the_table_gives_start_up_and_cpu_share_per_rule(tmp_path):
+    table = timing_table(load_run(_run_dir(tmp_path)))
+    attack_row = next(line for line in table.splitlines() if line.startswith("| attack_lenet_b1s1_ig | 1 |"))
+    # wall 100, start-up 100 - 96 = 4, CPU 150 of 96 s x 2 threads = 78%
+    assert attack_row == "| attack_lenet_b1s1_ig | 1 | 2 | 100 | 100 | 4 | 150 | 78% |"
+    assert "| evaluate | 1 | 1 | 9 | 9 | - | - | - |" in table
+    assert table.index("| attack_lenet") < table.index("| evaluate")  # longest rule first
+
+
+def test_no_run_yet_is_one_line_and_exit_1(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 1
+    assert "run the workflow first" in capsys.readouterr().out
