@@ -230,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-mode", default=None, choices=["eval", "train"], help="override the preset's")
     parser.add_argument("--precode-code", default=None, choices=["sample", "mean"], help="override the preset's")
     parser.add_argument("--tv-weight", type=float, default=None, help="override the preset's")
-    parser.add_argument("--precision", default=None, choices=["float32", "bfloat16"],
-                        help="the objective's precision (bfloat16: autocast); override the preset's")
+    parser.add_argument("--precision", default=None, choices=["float32", "bfloat16", "auto"],
+                        help="the objective's precision (bfloat16: autocast; auto: bfloat16 where native); override "
+                             "the preset's")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's")
     parser.add_argument("--restarts", type=int, default=None, help="override the preset's")
     parser.add_argument("--init", default=None, choices=["randn", "rand"], help="override the preset's")

@@ -54,7 +54,7 @@ def _common_params(smk) -> dict:
     # What makes runs comparable across invocations: the seed and device the job ran with, and the
     # libraries' versions (the git commit and user are set by the mirror, once per invocation).
     # The CPU and threads too: the same job's time differs 2x between CPUs (README, "Time").
-    from ppp.run_timing import cpu_model
+    from ppp.hardware import cpu_model
 
     return {"seed": smk.config.get("seed"), "device": smk.config.get("device"), "host.cpu": cpu_model(),
             "host.threads": int(smk.threads), **{f"version.{k}": v for k, v in library_versions().items()}}

@@ -14,12 +14,12 @@ shows a job that waited (for a core, for I/O) rather than computed.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+from ppp.hardware import host_description
 
 _STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ [\d:]{8} \d{4})\]$")
 
@@ -118,39 +118,6 @@ def read_process_time(log_path: Path) -> tuple[float, float] | None:
     except OSError:
         return None
     return (float(found[-1][0]), float(found[-1][1])) if found else None
-
-
-def cpu_model() -> str:
-    """This machine's CPU model, as /proc/cpuinfo names it (x86-64: 'model name'; arm64 kernels often
-    give none, then the implementer and part numbers)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    for key in ("model name", "Model", "Hardware"):
-        found = re.search(rf"^{key}\s*:\s*(.+)$", info, re.M)
-        if found:
-            return found.group(1).strip()
-    parts = [re.search(rf"^CPU {key}\s*:\s*(\S+)", info, re.M) for key in ("implementer", "part")]
-    if all(parts):
-        return f"{platform.machine()} implementer {parts[0].group(1)} part {parts[1].group(1)}"
-    return platform.processor() or platform.machine()
-
-
-def cpu_features() -> dict[str, bool]:
-    """The instruction sets that decide whether bfloat16 is fast here (AMX, AVX512-BF16) or emulated."""
-    try:
-        flags = set(re.search(r"^(?:flags|Features)\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-                    .group(1).split())
-    except (OSError, AttributeError):
-        flags = set()
-    return {"avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-            "arm_bf16": "bf16" in flags}
-
-
-def host_description() -> str:
-    features = ", ".join(name for name, present in cpu_features().items() if present) or "none of avx512f/bf16/amx"
-    return f"{cpu_model()}; {os.cpu_count()} cores; {features}"
 
 
 def recorded_hosts(records_dir: Path) -> dict[str, int]:

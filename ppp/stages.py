@@ -6,6 +6,8 @@ outputs atomically, so a crash leaves either the old file or none.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -285,19 +287,32 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
         def split_progress(step: int, losses: torch.Tensor, bounds=bounds) -> None:
             progress(step, [losses[bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)])
 
-        result = attack(view, seed=seeds, progress=split_progress if progress else None, victim_ids=victim_ids)
         per_update = setting.images
-        half_images = None
+        check_rows: list[int] = []
         if half_attack is not None:
             checked = -(-check_images // per_update)  # whole updates, at least one
-            rows = [bounds[k] + u for k in range(len(counts)) for u in range(min(checked, counts[k]))]
-            sub = ServerView(model, {n: g[rows] for n, g in gradients.items()},
-                             None if view.labels is None else view.labels.view(len(seeds), -1)[rows].flatten(),
-                             model_mode, images_per_update=setting.images, local_steps=view.local_steps,
-                             local_lr=setting.local_lr)
-            half = half_attack(sub, seed=[seeds[r] for r in rows], victim_ids=[victim_ids[r] for r in rows])
+            check_rows = [bounds[k] + u for k in range(len(counts)) for u in range(min(checked, counts[k]))]
+        half_images = None
+        if check_rows and accepts_update_iterations(attack):
+            # The convergence check's updates are more rows of the same passes, each run at half the budget
+            # with its own schedule: what a run at half the budget gives them, without a second optimisation's
+            # fixed cost per iteration (benchmarks/README.md, "Where the minutes go").
+            both = _with_rows_again(view, check_rows)
+            result = attack(both, seed=seeds + [seeds[r] for r in check_rows],
+                            progress=split_progress if progress else None,
+                            victim_ids=victim_ids + [victim_ids[r] for r in check_rows],
+                            update_iterations=[attack.iterations] * len(seeds) + [half_attack.iterations] * len(check_rows))
+            result, half = _split_rows(result, len(seeds), per_update)
+        else:
+            result = attack(view, seed=seeds, progress=split_progress if progress else None, victim_ids=victim_ids)
+            half = None
+            if check_rows:
+                sub = _rows_of(view, check_rows)
+                half = half_attack(sub, seed=[seeds[r] for r in check_rows],
+                                   victim_ids=[victim_ids[r] for r in check_rows])
+        if half is not None:
             half_images = torch.full_like(result.images, float("nan"))
-            for j, r in enumerate(rows):
+            for j, r in enumerate(check_rows):
                 half_images[r * per_update:(r + 1) * per_update] = half.images[j * per_update:(j + 1) * per_update]
         peak = peak_memory_mb(device)
         for k, i in enumerate(members):
@@ -325,6 +340,37 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
         log.info("attack done: %d images of %d cell(s) in %d updates in %.1f s (engine %s), peak memory %.0f MB",
                  result.images.shape[0], len(members), bounds[-1], result.seconds, result.engine, peak)
     return summaries
+
+
+def accepts_update_iterations(attack) -> bool:
+    """Whether an attack takes a budget per update (its convergence-check rows then join its main pass)."""
+    return "update_iterations" in inspect.signature(attack.__call__).parameters
+
+
+def _rows_of(view: ServerView, rows: list[int]) -> ServerView:
+    """The server's view of some of its updates (in that order, repeats allowed)."""
+    labels = None if view.labels is None else view.labels.view(view.num_updates, -1)[rows].flatten()
+    return ServerView(view.model, {n: g[rows] for n, g in view.gradients.items()}, labels, view.model_mode,
+                      images_per_update=view.images_per_update, local_steps=view.local_steps, local_lr=view.local_lr)
+
+
+def _with_rows_again(view: ServerView, rows: list[int]) -> ServerView:
+    """The view with some of its updates appended once more."""
+    return _rows_of(view, list(range(view.num_updates)) + list(rows))
+
+
+def _split_rows(result, first: int, per_update: int):
+    """An attack's result on `first` updates and then more, as two results."""
+    images, more = result.images[:first * per_update], result.images[first * per_update:]
+    main = dataclasses.replace(
+        result, images=images, labels=result.labels[:first * per_update], gradient_loss=result.gradient_loss[:first],
+        restart_losses=result.restart_losses[:first],
+        iterations=None if result.iterations is None else result.iterations[:first],
+        images_half=None if result.images_half is None else result.images_half[:first * per_update])
+    return main, dataclasses.replace(result, images=more, labels=result.labels[first * per_update:],
+                                     gradient_loss=result.gradient_loss[first:],
+                                     restart_losses=result.restart_losses[first:], images_half=None,
+                                     iterations=None if result.iterations is None else result.iterations[first:])
 
 
 def _load_updates(gradients_path: str, setting: ClientSetting) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -327,3 +327,26 @@ def test_ppp_bench_uses_the_presets_threat_model_and_attack_settings(tmp_path):
     convnet = preset_settings(tmp_path / "c.yaml", "convnet", {"tv_weight": 0.5, "width": 8})
     assert convnet["model_mode"] == "train" and convnet["attack"]["tv_weight"] == 0.5
     assert convnet["model_options"]["width"] == 8
+
+
+def test_updates_with_their_own_budget_get_what_a_run_of_that_budget_gives_them(mnist_victims):
+    """The convergence check runs an update again at half the budget in the same passes as the others
+    (update_iterations): it must get what an optimisation of that many iterations gives it alone, while
+    the full-budget rows get what they get without it."""
+    images, labels = mnist_victims[0][:2], mnist_victims[1][:2]
+    with seeded(0):
+        model = build_model("lenet", (1, 32, 32), 10, (0.1307,), (0.3081,), None, {}).eval()
+    per_victim = [shared_gradient(model, images[i:i + 1], labels[i:i + 1]) for i in range(2)]
+    view = ServerView(model, {n: torch.stack([g[n] for g in per_victim] + [per_victim[0][n]]) for n in per_victim[0]},
+                      torch.cat([labels, labels[:1]]))
+    problem = _problem(view, iterations=16, restarts=1)
+    both = optimise(view, view.labels, problem, seed=3, victim_ids=[0, 1, 0], update_iterations=[16, 16, 8])
+    full = optimise(ServerView(model, {n: g[:2] for n, g in view.gradients.items()}, labels), labels, problem, seed=3)
+    half = optimise(ServerView(model, {n: g[:1] for n, g in view.gradients.items()}, labels[:1]), labels[:1],
+                    _problem(view, iterations=8, restarts=1), seed=3)
+    torch.testing.assert_close(both.images[:2], full.images, atol=1e-4, rtol=0)
+    torch.testing.assert_close(both.images[2:], half.images, atol=1e-4, rtol=0)
+    assert not torch.allclose(both.images[2], both.images[0], atol=1e-3)  # 8 iterations are not 16
+    assert both.iterations.tolist() == [16, 16, 8]
+    with pytest.raises(ValueError, match="update_iterations"):
+        optimise(view, view.labels, problem, seed=3, update_iterations=[16, 32, 8])

@@ -193,7 +193,8 @@ class AnalyticEncoderInversion(RowOptimisation):
 
     def __call__(self, view: ServerView, seed: int | Sequence[int],
                  progress: Callable[[int, torch.Tensor], None] | None = None,
-                 victim_ids: list[int] | None = None) -> AttackResult:
+                 victim_ids: list[int] | None = None,
+                 update_iterations: Sequence[int] | None = None) -> AttackResult:
         model = view.model
         device = model.mean.device
         problem = GradientMatchingProblem(
@@ -209,4 +210,4 @@ class AnalyticEncoderInversion(RowOptimisation):
         # Labels play no part; the result records what the server would infer as "unknown" (-1).
         labels = view.labels if view.labels is not None else torch.full((view.num_images,), -1)
         return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every,
-                        victim_ids=victim_ids, objective=objective)
+                        victim_ids=victim_ids, objective=objective, update_iterations=update_iterations)

@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from ppp.attacks.labels import LABEL_STRATEGIES, infer_update_labels
+from ppp.hardware import resolve_precision
 from ppp.attacks.objectives import cosine_distance, total_variation, total_variation_rows
 from ppp.attacks.per_layer import PerLayerObjective, row_selector, unsupported_reason
 from ppp.client import functional_update, simulated_update
@@ -122,6 +123,34 @@ def multistep_lr(base_lr: float, milestones: list[int], step: int, gamma: float 
     return lr
 
 
+class RowAdam:
+    """Adam (torch's defaults: betas 0.9/0.999, eps 1e-8) with one learning rate per row: rows with
+    their own budget (the convergence check's rows, at half the budget, in the main rows' pass) follow
+    their own schedule. Each step is computed in the order of torch.optim.Adam's single-tensor kernel,
+    so a row gets what torch's Adam at that row's rate gives it, up to the kernels' rounding."""
+
+    def __init__(self, params: list[torch.Tensor], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params, self.betas, self.eps = params, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, row_lr: torch.Tensor) -> None:
+        """`row_lr`: (rows,), one learning rate per row (first axis of every parameter)."""
+        beta1, beta2 = self.betas
+        self.steps += 1
+        bias_correction1 = 1 - beta1 ** self.steps
+        bias_correction2_sqrt = math.sqrt(1 - beta2 ** self.steps)
+        for param, exp_avg, exp_avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            grad = param.grad
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            step_size = (-row_lr / bias_correction1).to(param.dtype).view(-1, *([1] * (param.dim() - 1)))
+            param.add_(step_size * exp_avg / denom)
+
+
 def row_total_variation(x_row: torch.Tensor) -> torch.Tensor:
     """TV of a row: one image (C, H, W), or the mean over the images of an update (B, C, H, W)."""
     return total_variation(x_row) if x_row.dim() == 3 else total_variation_rows(x_row).mean()
@@ -205,14 +234,17 @@ class RowObjective:
 ENGINES = ("auto", "per_layer", "vmap", "loop")
 # The objective's passes in float32, or under bfloat16 autocast (convolutions and matrix products in
 # bfloat16, reductions in float32); the optimiser, the box and the restarts' scores stay float32.
-PRECISIONS = ("float32", "bfloat16")
+# `auto`: bfloat16 where the device has native bfloat16 kernels (AMX, AVX512-BF16, a recent GPU), else
+# float32 (ppp.hardware; emulated bfloat16 is slower than float32).
+PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 def objective_precision(device: torch.device, precision: str):
     """The autocast context for the objective's passes at `precision`."""
     if precision not in PRECISIONS:
         raise ValueError(f"attack precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=resolve_precision(precision, device) == "bfloat16")
 
 
 def choose_engine(requested: str, model: StagedNet, names: list[str], images_per_update: int = 1,
@@ -397,7 +429,8 @@ class GradientMatching(RowsObjective):
 def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingProblem, seed: int | Sequence[int],
              progress: Callable[[int, torch.Tensor], None] | None = None,
              progress_every: int = 0, victim_ids: list[int] | None = None,
-             objective: RowsObjective | None = None, start: torch.Tensor | None = None) -> AttackResult:
+             objective: RowsObjective | None = None, start: torch.Tensor | None = None,
+             update_iterations: Sequence[int] | None = None) -> AttackResult:
     """Optimise one dummy image per victim and restart, all rows in one optimiser.
 
     Each row's start is seeded by (seed, victim id, restart), so a victim gets the same start whether it
@@ -406,7 +439,10 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     Every row keeps its best iterate (lowest objective); with `patience`, a row that stopped improving
     is frozen and no longer computed. The objective is gradient matching over `problem.names` unless
     `objective` is given (the analytic attack's feature inversion). `start` (every image, in [0, 1]) replaces
-    the seeded starts: every restart of an update starts there."""
+    the seeded starts: every restart of an update starts there. `update_iterations` gives each update its
+    own budget (at most `problem.iterations`) and learning-rate schedule: a row run for n iterations
+    gets what a run of n iterations alone gives it, in the same passes as the other rows (the
+    convergence check at half the budget, ppp.stages)."""
     started = time.perf_counter()
     model = view.model
     set_model_mode(model, view.model_mode)  # the mode the client computed its update in
@@ -456,8 +492,21 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         targets = [view.gradients[n].to(device).repeat_interleave(restarts, dim=0) for n in problem.names]
         objective = GradientMatching(model, row_labels, targets, problem, x)
     optimised = [x] if latent is None else [x, latent]
-    optimizer = torch.optim.Adam(optimised, lr=problem.lr)
-    milestones = [round(problem.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if problem.lr_decay else []
+    budgets = torch.full((n_rows,), problem.iterations, dtype=torch.long)
+    if update_iterations is not None:
+        if len(update_iterations) != batch or max(update_iterations) > problem.iterations:
+            raise ValueError(f"update_iterations: {len(update_iterations)} budgets for {batch} updates, each at "
+                             f"most {problem.iterations}")
+        budgets = torch.tensor([int(n) for n in update_iterations]).repeat_interleave(restarts)
+    own_budgets = bool((budgets != problem.iterations).any())
+    # One torch Adam where every row has the full budget (the same numbers as before per-row budgets);
+    # RowAdam where rows follow their own schedules.
+    optimizer = RowAdam(optimised) if own_budgets else torch.optim.Adam(optimised, lr=problem.lr)
+
+    def schedule(iterations: int) -> list[int]:
+        return [round(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if problem.lr_decay else []
+    milestones = schedule(problem.iterations)
+    row_milestones = {int(n): schedule(int(n)) for n in budgets.unique()}
 
     losses = torch.full((n_rows,), float("inf"))
     best_loss = torch.full((n_rows,), float("inf"))
@@ -478,6 +527,12 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         best_loss[rows] = torch.minimum(best_loss[rows], row_losses)
     with seeded(derive_seed(row_seeds[0], "sampling"), device), code_mode(model, problem.precode_code):
         for step in range(problem.iterations):
+            finishing = (active & (budgets == step)).nonzero().flatten()
+            if len(finishing):  # the last iterate of a row whose budget ends here may be its best
+                with objective_precision(device, problem.precision):
+                    final = objective.evaluate(x, finishing.to(device), latent)[0]
+                remember_best(finishing, final.detach().cpu())
+                active[finishing] = False
             live = active.nonzero().flatten()
             if len(live) == 0:
                 break
@@ -498,8 +553,12 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             if latent is not None:
                 latent.grad.zero_()
                 latent.grad[live.to(device)] = latent_grads[0].sign() if problem.signed else latent_grads[0]
-            optimizer.param_groups[0]["lr"] = multistep_lr(problem.lr, milestones, step)
-            optimizer.step()
+            if own_budgets:
+                lr_of = {n: multistep_lr(problem.lr, m, step) for n, m in row_milestones.items()}
+                optimizer.step(torch.tensor([lr_of[int(n)] for n in budgets], device=device))
+            else:
+                optimizer.param_groups[0]["lr"] = multistep_lr(problem.lr, milestones, step)
+                optimizer.step()
             if frozen_before is not None:  # Adam's momentum would move frozen rows: hold them
                 for t, before in zip(optimised, frozen_before):
                     t[frozen] = before

@@ -455,7 +455,8 @@ class HeadInversion(RowOptimisation):
 
     def __call__(self, view: ServerView, seed: int | Sequence[int],
                  progress: Callable[[int, torch.Tensor], None] | None = None,
-                 victim_ids: list[int] | None = None) -> AttackResult:
+                 victim_ids: list[int] | None = None,
+                 update_iterations: Sequence[int] | None = None) -> AttackResult:
         model = view.model
         device = model.mean.device
         per_update = view.images_per_update
@@ -507,7 +508,8 @@ class HeadInversion(RowOptimisation):
                           [s for s in seeds for _ in range(per_update)],
                           progress=per_update_progress if progress else None, progress_every=self.progress_every,
                           victim_ids=[v * per_update + j for v in ids for j in range(per_update)],
-                          objective=objective)
+                          objective=objective, update_iterations=None if update_iterations is None else
+                          [n for n in update_iterations for _ in range(per_update)])
         # The engine's losses are per image; the study's are per update.
         result.gradient_loss = result.gradient_loss.view(view.num_updates, per_update).mean(1)
         result.restart_losses = result.restart_losses.view(view.num_updates, per_update, -1).mean(1)

@@ -44,7 +44,8 @@ class InvertingGradients(RowOptimisation):
 
     def __call__(self, view: ServerView, seed: int | Sequence[int],
                  progress: Callable[[int, torch.Tensor], None] | None = None,
-                 victim_ids: list[int] | None = None) -> AttackResult:
+                 victim_ids: list[int] | None = None,
+                 update_iterations: Sequence[int] | None = None) -> AttackResult:
         if self.labels == "known":
             if view.labels is None:
                 raise ValueError("attack labels: 'known' but the server view has no labels")
@@ -61,4 +62,4 @@ class InvertingGradients(RowOptimisation):
             precode_code=self.precode_code, latent=self.latent, precision=self.precision,
             local_steps=view.local_steps, local_lr=view.local_lr)
         return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every,
-                        victim_ids=victim_ids)
+                        victim_ids=victim_ids, update_iterations=update_iterations)
