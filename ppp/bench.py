@@ -202,6 +202,8 @@ def _child(args: dict, mode: str, queue) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ppp.attacks.registry import ATTACKS
+
     parser = argparse.ArgumentParser(prog="ppp-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="lenet", choices=ARCHS)
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defense", default="none",
                         choices=["none", "noise", "precode", "ppp", "ppp_encoder", "ppp_no_decoder", "dpsgd"])
     parser.add_argument("--sigma", type=float, default=0.0, help="noise scale for noise and ppp")
-    parser.add_argument("--attack", default="ig", choices=["ig", "ig_targeted", "latent", "analytic"])
+    parser.add_argument("--attack", default="ig", choices=sorted(ATTACKS))
     parser.add_argument("--victims", type=int, default=16, help="victim images (whole updates of them are used)")
     parser.add_argument("--images-per-update", type=int, default=1, help="images in one client update")
     parser.add_argument("--local-steps", type=int, default=1, help="local SGD steps per update (FedAvg > 1)")

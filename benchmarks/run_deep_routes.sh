@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Attack routes on the paper's deep nets at the authors' width 64, one image per update, on a CPU
+# (issue 30): which route reconstructs the undefended ConvNet and ResNet-18, at what cost per
+# image-iteration and share of this CPU's peak. Models as config/gpu.yaml (ConvNet with BatchNorm in
+# evaluation mode, ResNet-18 with GroupNorm(2)); draw 0 of the bundled test split; one JSON line per
+# route and budget, appended to $OUT with this CPU named in every line.
+#
+#     bash benchmarks/run_deep_routes.sh                  # 2 victims, about 20 minutes on 2 cores
+#     VICTIMS=4 DRAW=1 bash benchmarks/run_deep_routes.sh # more images, the other draw
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-benchmarks/results-deep-routes.jsonl}
+VICTIMS=${VICTIMS:-2}
+DRAW=${DRAW:-0}
+ARCHS=${ARCHS:-"convnet resnet18"}
+DATASETS=${DATASETS:-"cifar10 mnist"}
+CPU=$($PYTHON -c "from ppp.hardware import host_description; print(host_description())")
+COMMIT=$(git rev-parse --short HEAD)
+bench() {  # route name, then ppp-bench flags
+  local route=$1; shift
+  $PYTHON -m ppp.bench --config config/gpu.yaml --victims "$VICTIMS" --victim-draw "$DRAW" --mode batched \
+      --threads 2 --width 64 "$@" | while read -r line; do
+    $PYTHON -c "import json, sys; d = json.loads(sys.argv[1]); d.update(route=sys.argv[2], cpu=sys.argv[3], commit=sys.argv[4]); print(json.dumps(d))" \
+      "$line" "$route" "$CPU" "$COMMIT"
+  done >> "$OUT"
+}
+for arch in $ARCHS; do
+  for dataset in $DATASETS; do
+    common=(--arch "$arch" --dataset "$dataset")
+    # Inverting Gradients: signed Adam, lr 0.1 with the 3/8-5/8-7/8 decay (the study's engine).
+    bench ig "${common[@]}" --defense none --attack ig --iterations 200 --tv-weight 1e-4
+    bench ig_tv1e-2 "${common[@]}" --defense none --attack ig --iterations 200 --tv-weight 1e-2
+    # The features from the head's gradient (exact at one image), then inverted: a forward and a backward
+    # pass per iteration, no second-order term.
+    bench head "${common[@]}" --defense none --attack head --iterations 400 --tv-weight 1e-3
+    # Through PRECODE: its input from the encoder's gradient, inverted (the analytic attack).
+    bench analytic_precode "${common[@]}" --defense precode --attack analytic --iterations 400 --tv-weight 1e-3
+  done
+done
