@@ -133,10 +133,23 @@ def recorded_hosts(records_dir: Path) -> dict[str, int]:
     return hosts
 
 
+def newest_run_with_jobs(run_dir: Path) -> SnakemakeLog:
+    """The newest invocation that ran jobs: a `make run` with nothing left to do, or a dry run, writes a
+    log of its own and must not hide the run before it."""
+    logs = sorted((run_dir / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        raise FileNotFoundError(f"no Snakemake log under {run_dir / '.snakemake' / 'log'}: run the workflow first")
+    for path in reversed(logs):
+        run = parse_snakemake_log(path)
+        if run.jobs:
+            return run
+    return parse_snakemake_log(logs[-1])
+
+
 def load_run(run_dir: Path, log: Path | None = None) -> SnakemakeLog:
-    """An invocation's jobs (the newest unless `log` names one), with each job process's wall and CPU
-    seconds from its own log."""
-    run = parse_snakemake_log(log or newest_snakemake_log(run_dir))
+    """An invocation's jobs (the newest that ran any unless `log` names one), with each job process's
+    wall and CPU seconds from its own log."""
+    run = parse_snakemake_log(log) if log else newest_run_with_jobs(run_dir)
     for job in run.jobs:
         measured = read_process_time(run_dir / job.log) if job.log else None
         if measured:

@@ -68,3 +68,14 @@ def test_the_table_gives_start_up_and_cpu_share_per_rule(tmp_path):
 def test_no_run_yet_is_one_line_and_exit_1(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
     assert "run the workflow first" in capsys.readouterr().out
+
+
+def test_a_later_invocation_that_ran_nothing_does_not_hide_the_run(tmp_path):
+    """`make run` with nothing left to do, or a dry run, writes its own Snakemake log with no jobs."""
+    import os
+
+    run_dir = _run_dir(tmp_path)
+    empty = run_dir / ".snakemake" / "log" / "2026-12-06T090000.snakemake.log"
+    empty.write_text("  Date: 2026-12-06 09:00:00\nNothing to be done.\n")
+    os.utime(empty, (2e9, 2e9))  # newer than the run's log
+    assert {j.rule for j in load_run(run_dir).jobs} == {"attack_lenet_b1s1_ig", "evaluate"}
