@@ -7,6 +7,7 @@
 #
 #     bash benchmarks/run_deep_routes.sh                  # 2 victims, about 20 minutes on 2 cores
 #     VICTIMS=4 DRAW=1 bash benchmarks/run_deep_routes.sh # more images, the other draw
+#     ARCHS=resnet18 ROUTES=ig_tv1e-2 IG_ITERATIONS=400 bash benchmarks/run_deep_routes.sh   # one route, longer
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -15,10 +16,13 @@ VICTIMS=${VICTIMS:-2}
 DRAW=${DRAW:-0}
 ARCHS=${ARCHS:-"convnet resnet18"}
 DATASETS=${DATASETS:-"cifar10 mnist"}
+ROUTES=${ROUTES:-"ig ig_tv1e-2 head analytic_precode"}
+IG_ITERATIONS=${IG_ITERATIONS:-200}
 CPU=$($PYTHON -c "from ppp.hardware import host_description; print(host_description())")
 COMMIT=$(git rev-parse --short HEAD)
 bench() {  # route name, then ppp-bench flags
   local route=$1; shift
+  [[ " $ROUTES " == *" $route "* ]] || return 0
   $PYTHON -m ppp.bench --config config/gpu.yaml --victims "$VICTIMS" --victim-draw "$DRAW" --mode batched \
       --threads 2 --width 64 "$@" | while read -r line; do
     $PYTHON -c "import json, sys; d = json.loads(sys.argv[1]); d.update(route=sys.argv[2], cpu=sys.argv[3], commit=sys.argv[4]); print(json.dumps(d))" \
@@ -29,8 +33,8 @@ for arch in $ARCHS; do
   for dataset in $DATASETS; do
     common=(--arch "$arch" --dataset "$dataset")
     # Inverting Gradients: signed Adam, lr 0.1 with the 3/8-5/8-7/8 decay (the study's engine).
-    bench ig "${common[@]}" --defense none --attack ig --iterations 200 --tv-weight 1e-4
-    bench ig_tv1e-2 "${common[@]}" --defense none --attack ig --iterations 200 --tv-weight 1e-2
+    bench ig "${common[@]}" --defense none --attack ig --iterations "$IG_ITERATIONS" --tv-weight 1e-4
+    bench ig_tv1e-2 "${common[@]}" --defense none --attack ig --iterations "$IG_ITERATIONS" --tv-weight 1e-2
     # The features from the head's gradient (exact at one image), then inverted: a forward and a backward
     # pass per iteration, no second-order term.
     bench head "${common[@]}" --defense none --attack head --iterations 400 --tv-weight 1e-3
