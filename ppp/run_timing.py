@@ -56,11 +56,16 @@ class SnakemakeLog:
         return (self.ended - self.started).total_seconds()
 
 
-def newest_snakemake_log(run_dir: Path) -> Path:
+def snakemake_logs(run_dir: Path) -> list[Path]:
+    """The run directory's Snakemake logs, oldest first."""
     logs = sorted((run_dir / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
     if not logs:
         raise FileNotFoundError(f"no Snakemake log under {run_dir / '.snakemake' / 'log'}: run the workflow first")
-    return logs[-1]
+    return logs
+
+
+def newest_snakemake_log(run_dir: Path) -> Path:
+    return snakemake_logs(run_dir)[-1]
 
 
 def parse_snakemake_log(path: Path) -> SnakemakeLog:
@@ -136,9 +141,7 @@ def recorded_hosts(records_dir: Path) -> dict[str, int]:
 def newest_run_with_jobs(run_dir: Path) -> SnakemakeLog:
     """The newest invocation that ran jobs: a `make run` with nothing left to do, or a dry run, writes a
     log of its own and must not hide the run before it."""
-    logs = sorted((run_dir / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
-    if not logs:
-        raise FileNotFoundError(f"no Snakemake log under {run_dir / '.snakemake' / 'log'}: run the workflow first")
+    logs = snakemake_logs(run_dir)
     for path in reversed(logs):
         run = parse_snakemake_log(path)
         if run.jobs:

@@ -361,16 +361,15 @@ def _with_rows_again(view: ServerView, rows: list[int]) -> ServerView:
 
 def _split_rows(result, first: int, per_update: int):
     """An attack's result on `first` updates and then more, as two results."""
-    images, more = result.images[:first * per_update], result.images[first * per_update:]
-    main = dataclasses.replace(
-        result, images=images, labels=result.labels[:first * per_update], gradient_loss=result.gradient_loss[:first],
-        restart_losses=result.restart_losses[:first],
-        iterations=None if result.iterations is None else result.iterations[:first],
-        images_half=None if result.images_half is None else result.images_half[:first * per_update])
-    return main, dataclasses.replace(result, images=more, labels=result.labels[first * per_update:],
-                                     gradient_loss=result.gradient_loss[first:],
-                                     restart_losses=result.restart_losses[first:], images_half=None,
-                                     iterations=None if result.iterations is None else result.iterations[first:])
+    def updates(part: slice):
+        pixels = slice(None if part.start is None else part.start * per_update,
+                       None if part.stop is None else part.stop * per_update)
+        return dataclasses.replace(
+            result, images=result.images[pixels], labels=result.labels[pixels],
+            gradient_loss=result.gradient_loss[part], restart_losses=result.restart_losses[part],
+            iterations=None if result.iterations is None else result.iterations[part],
+            images_half=None if result.images_half is None else result.images_half[pixels])
+    return updates(slice(None, first)), updates(slice(first, None))
 
 
 def _load_updates(gradients_path: str, setting: ClientSetting) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -506,7 +506,8 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
     def schedule(iterations: int) -> list[int]:
         return [round(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if problem.lr_decay else []
     milestones = schedule(problem.iterations)
-    row_milestones = {int(n): schedule(int(n)) for n in budgets.unique()}
+    row_budgets = budgets.tolist()
+    row_milestones = {n: schedule(n) for n in set(row_budgets)}
 
     losses = torch.full((n_rows,), float("inf"))
     best_loss = torch.full((n_rows,), float("inf"))
@@ -555,7 +556,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
                 latent.grad[live.to(device)] = latent_grads[0].sign() if problem.signed else latent_grads[0]
             if own_budgets:
                 lr_of = {n: multistep_lr(problem.lr, m, step) for n, m in row_milestones.items()}
-                optimizer.step(torch.tensor([lr_of[int(n)] for n in budgets], device=device))
+                optimizer.step(torch.tensor([lr_of[n] for n in row_budgets], device=device))
             else:
                 optimizer.param_groups[0]["lr"] = multistep_lr(problem.lr, milestones, step)
                 optimizer.step()
