@@ -38,8 +38,11 @@ def preset_settings(config_path, arch: str, overrides: dict) -> dict:
     with open(config_path) as handle:
         config = validate_config(yaml.safe_load(handle))
     # The preset's own options at the client setting benchmarked, where it sweeps that setting.
-    wanted = f"b{overrides.get('images_per_update') or 1}s{overrides.get('local_steps') or 1}"
-    client = wanted if wanted in [s.name for s in client_settings(config, arch)] else None
+    # FedAvg settings are named by their lr too (b4s2lr0.1): the one at the benchmark's lr, else the first.
+    wanted = (overrides.get("images_per_update") or 1, overrides.get("local_steps") or 1)
+    same = [s for s in client_settings(config, arch) if (s.images, s.local_steps) == wanted]
+    same.sort(key=lambda s: s.local_steps > 1 and s.local_lr != overrides.get("local_lr", s.local_lr))
+    client = same[0].name if same else None
     model_options = dict(config.get("models", {}).get(arch, {}))
     if overrides.get("width"):
         model_options["width"] = overrides["width"]
@@ -47,6 +50,7 @@ def preset_settings(config_path, arch: str, overrides: dict) -> dict:
         model_options["init_range"] = overrides["init_range"]
     attack = attack_options(config, arch, overrides.get("attack"), client)
     attack.update({k: overrides[k] for k in OVERRIDES if overrides.get(k) is not None})
+    attack.update(overrides.get("option") or {})
     return dict(model_options=model_options, precode=dict(config["precode"]), attack=attack, noise=noise_options(config),
                 model_mode=overrides.get("model_mode") or model_mode(config, arch))
 
@@ -190,7 +194,7 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             mean_ssim=round(float(ssim.mean()), 4), median_ssim=round(float(ssim.median()), 4),
             median_ssim_half_budget=round(float(torch.tensor(half_ssim).median()), 4) if half_ssim else None,
             victim_draw=args.get("victim_draw"), ssim_per_image=[round(float(v), 4) for v in ssim],
-            batch_size=args["batch_size"], torch=torch.__version__))
+            batch_size=args["batch_size"], options=args.get("option") or {}, torch=torch.__version__))
     return lines
 
 
@@ -245,12 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-victim", type=int, default=0, help="attack victims from this index on")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--option", type=_attack_option, action="append", default=None, metavar="KEY=VALUE",
+                        help="any attack option (YAML value), e.g. drift_rounds=2 or alpha_lr=0.01; repeatable")
     parser.add_argument("--victims-file", default=None, help="a victim .npz (default: the authors' set)")
     parser.add_argument("--victim-draw", type=int, default=None,
                         help="attack draw k of class-balanced victims from the bundled test split (the workflow's "
                              "victims: draw with victim_draw k; --victims of them) instead of a victim file")
     parser.add_argument("--draw-seed", type=int, default=0, help="the base seed of the draw (the config's seed)")
     args = vars(parser.parse_args(argv))
+    args["option"] = dict(args["option"] or [])
     from ppp.attacks.registry import attack_needs_precode
     from ppp.defenses import DEFENSES
     if attack_needs_precode(args["attack"]) and not DEFENSES[args["defense"]].needs_precode:
@@ -268,6 +275,15 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result), flush=True)
             status |= "error" in result
     return status
+
+
+def _attack_option(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
 
 
 def _int_list(text: str) -> list[int]:

@@ -30,7 +30,8 @@ from ppp.defenses import DPSGD, Defense
 from ppp.gradients import shared_gradient
 from ppp.models import StagedNet
 
-SETTING_PATTERN = re.compile(r"^b(\d+)s(\d+)$")
+# b<images>s<local steps>, and for FedAvg lr<local lr> (e.g. b4s2lr0.1): a float as Python's `g` format writes it.
+SETTING_PATTERN = re.compile(r"^b(\d+)s(\d+)(?:lr([0-9][0-9.e+-]*))?$")
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,18 @@ class ClientSetting:
 
     @property
     def name(self) -> str:
-        """The workflow's wildcard for this setting: b<images>s<local steps>."""
-        return f"b{self.images}s{self.local_steps}"
+        """The workflow's wildcard for this setting: b<images>s1 for FedSGD, b<images>s<local steps>lr<local lr>
+        for FedAvg (e.g. b4s2lr0.1), whose update depends on the local learning rate: one architecture may
+        sweep FedAvg at several rates, and each is its own setting (paths, rules, verdicts)."""
+        if self.local_steps == 1:
+            return f"b{self.images}s1"
+        return f"b{self.images}s{self.local_steps}lr{self.local_lr:g}"
+
+    @property
+    def key_lr(self) -> float:
+        """The local learning rate as the tables key a setting: FedAvg's own, 0.0 for FedSGD (one step's
+        gradient does not depend on it)."""
+        return float(self.local_lr) if self.local_steps > 1 else 0.0
 
     @property
     def is_single_gradient(self) -> bool:
@@ -60,10 +71,21 @@ class ClientSetting:
 
     @classmethod
     def parse(cls, name: str, local_lr: float = 0.01) -> "ClientSetting":
+        """The setting a name stands for. A FedAvg name's lr (b4s2lr0.1) wins over `local_lr`; a name
+        without one (b4s2) takes `local_lr`. FedSGD names carry no lr."""
         match = SETTING_PATTERN.match(name)
         if not match:
-            raise ValueError(f"client setting {name!r} is not of the form b<images>s<local steps>")
-        return cls(int(match.group(1)), int(match.group(2)), float(local_lr))
+            raise ValueError(f"client setting {name!r} is not of the form b<images>s<local steps> "
+                             "(FedAvg: b<images>s<local steps>lr<local lr>, e.g. b4s2lr0.1)")
+        images, steps, lr = int(match.group(1)), int(match.group(2)), match.group(3)
+        if lr is not None:
+            if steps == 1:
+                raise ValueError(f"client setting {name!r}: one local step (FedSGD) takes no lr; name it b{images}s1")
+            try:
+                local_lr = float(lr)
+            except ValueError:
+                raise ValueError(f"client setting {name!r}: {lr!r} is not a learning rate") from None
+        return cls(images, steps, float(local_lr))
 
 
 def form_updates(num_victims: int, images: int) -> list[list[int]]:

@@ -84,10 +84,19 @@ def max_victims(config: dict[str, Any]) -> int:
 
 def check_client_settings(config: dict[str, Any]) -> None:
     """Every swept update fits the architecture's victims (at least one whole update)."""
+    from ppp.client import ClientSetting
+
     for arch in config["archs"]:
         names = [setting.name for setting in client_settings(config, arch)]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"config key 'client.updates': a setting is listed twice for {arch} ({names})")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"config key 'client.updates': {arch} lists the setting {', '.join(twice)} twice "
+                              f"(same images, local steps and, for FedAvg, local_lr; its settings: {names})")
+        for setting in client_settings(config, arch):
+            # The name is the setting (paths, rules, the scripts' ClientSetting.parse): its lr must be exact.
+            if ClientSetting.parse(setting.name, setting.local_lr) != setting:
+                raise ConfigError(f"config key 'client.updates': {arch}'s local_lr {setting.local_lr!r} has more "
+                                  f"than 6 significant digits; its setting's name {setting.name} would round it")
         for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
             own_attack = update.get("attack", {})
             if "victims" in own_attack or any("victims" in o for o in own_attack.get("per_attack", {}).values()):
@@ -207,14 +216,15 @@ def noise_scales(config: dict, arch: str) -> list[float]:
 
 def client_settings(config: dict, arch: str) -> list:
     """The client updates swept on one architecture (ppp.client.ClientSetting): client.per_arch.<arch>
-    overrides client's updates and local_lr."""
+    overrides client's updates and local_lr, and an update's own local_lr overrides both."""
     from ppp.client import ClientSetting
 
     client = config.get("client", {})
     own = client.get("per_arch", {}).get(arch, {})
     updates = _client_updates(config, arch)
     local_lr = float(own.get("local_lr", client.get("local_lr", 0.01)))
-    return [ClientSetting(int(u.get("images", 1)), int(u.get("local_steps", 1)), local_lr) for u in updates]
+    return [ClientSetting(int(u.get("images", 1)), int(u.get("local_steps", 1)), float(u.get("local_lr", local_lr)))
+            for u in updates]
 
 
 def _client_updates(config: dict, arch: str) -> list[dict]:
@@ -223,12 +233,14 @@ def _client_updates(config: dict, arch: str) -> list[dict]:
 
 
 def _swept_setting(config: dict, arch: str, name: str) -> tuple:
-    """One swept setting of an architecture, named by the workflow's wildcard (b<images>s<steps>): its
-    ClientSetting and its configured entry (client.updates or client.per_arch.<arch>.updates)."""
+    """One swept setting of an architecture, named by the workflow's wildcard (b<images>s1 for FedSGD,
+    b<images>s<steps>lr<local lr> for FedAvg): its ClientSetting and its configured entry (client.updates
+    or client.per_arch.<arch>.updates)."""
     for setting, update in zip(client_settings(config, arch), _client_updates(config, arch)):
         if setting.name == name:
             return setting, update
-    raise ValueError(f"client setting {name!r} is not swept for {arch}")
+    raise ValueError(f"client setting {name!r} is not swept for {arch} (its settings: "
+                     f"{[s.name for s in client_settings(config, arch)]})")
 
 
 def _client_update(config: dict, arch: str, name: str) -> dict:
@@ -254,7 +266,8 @@ def client_attacks(config: dict, arch: str, name: str) -> list[str]:
 
 
 def client_setting(config: dict, arch: str, name: str):
-    """The swept setting of one architecture named by the workflow's wildcard (b<images>s<steps>)."""
+    """The swept setting of one architecture named by the workflow's wildcard (b<images>s1 for FedSGD,
+    b<images>s<steps>lr<local lr> for FedAvg)."""
     return _swept_setting(config, arch, name)[0]
 
 

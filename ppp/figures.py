@@ -17,9 +17,10 @@ import pandas as pd
 import torch
 
 from ppp.io import atomic_path
+from ppp.verdicts import with_local_lr
 
 DEFENSE_ORDER = ["none", "noise", "precode", "ppp", "ppp_encoder", "ppp_no_decoder", "dpsgd"]
-CLIENT = ["batch_size", "local_steps"]
+CLIENT = ["batch_size", "local_steps", "local_lr"]  # local_lr: FedAvg's, 0.0 for FedSGD (ppp.verdicts.SETTING)
 DEFENSE_CELL = ["dataset", "arch", *CLIENT, "defense", "noise_scale", "model_state"]
 VERDICT_COLOURS = {"holds": "#1a9850", "fails": "#d73027", "undecided": "#7f7f7f", "": "#7f7f7f"}
 
@@ -54,15 +55,20 @@ def defense_label(defense: str, sigma: float) -> str:
     return defense + (f" σ={sigma:g}" if sigma else "")
 
 
-def client_label(batch_size: int, local_steps: int) -> str:
+def client_label(batch_size: int, local_steps: int, local_lr: float | None = None) -> str:
+    """ "1 image/update", "4 images/update, 2 local steps at lr 0.1 (FedAvg)" (the lr where known)."""
+    batch_size, local_steps = int(batch_size), int(local_steps)
     images = f"{batch_size} image{'s' if batch_size != 1 else ''}/update"
-    return images + (f", {local_steps} local steps (FedAvg)" if local_steps > 1 else "")
+    if local_steps == 1:
+        return images
+    rate = f" at lr {float(local_lr):g}" if local_lr is not None and np.isfinite(float(local_lr)) else ""
+    return images + f", {local_steps} local steps{rate} (FedAvg)"
 
 
 def strongest_rows(summary: pd.DataFrame) -> pd.DataFrame:
     """Per defence cell the full summary row of its strongest attack (highest median SSIM, ties: the
     higher median PSNR), as ppp.report.strongest_attacks ranks them, with that attack's intervals."""
-    ranked = summary.sort_values(["ssim_median", "psnr_median"], ascending=False, kind="stable")
+    ranked = with_local_lr(summary).sort_values(["ssim_median", "psnr_median"], ascending=False, kind="stable")
     best = ranked.groupby(DEFENSE_CELL, sort=False).head(1)
     return best.assign(_rank=best.defense.map(_defense_rank)).sort_values(
         ["dataset", "arch", *CLIENT, "model_state", "_rank", "noise_scale"]).drop(columns="_rank").reset_index(drop=True)
@@ -100,7 +106,8 @@ def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
     best = strongest_rows(summary)
     if len(best):
         smallest = best.sort_values(CLIENT).iloc[0]
-        best = best[(best.batch_size == smallest.batch_size) & (best.local_steps == smallest.local_steps)]
+        best = best[(best.batch_size == smallest.batch_size) & (best.local_steps == smallest.local_steps)
+                    & (best.local_lr == smallest.local_lr)]
     panels = list(dict.fromkeys(zip(best.dataset, best.arch)))
     fig, axes = _panels(plt, max(1, len(panels)), 2, 4.6, 3.9)
     colours = dict(zip(DEFENSE_ORDER, plt.get_cmap("tab10").colors))
@@ -146,7 +153,8 @@ def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
         ax.tick_params(labelsize=8)
         ax.legend(fontsize=7, loc="upper left", title="defence", title_fontsize=7)
     if len(best):
-        fig.suptitle(f"Privacy against utility, {client_label(smallest.batch_size, smallest.local_steps)}\n"
+        fig.suptitle(f"Privacy against utility, "
+                     f"{client_label(smallest.batch_size, smallest.local_steps, smallest.local_lr)}\n"
                      "(labels: σ, strongest attack)", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
@@ -161,7 +169,7 @@ def batch_size_plot(summary: pd.DataFrame, path: str | Path) -> None:
     best = strongest_rows(summary)
     panels, single = [], []
     for (dataset, arch), cell in best.groupby(["dataset", "arch"], sort=False):
-        (panels if len(set(zip(cell.batch_size, cell.local_steps))) > 1 else single).append((dataset, arch))
+        (panels if len(set(zip(*(cell[c] for c in CLIENT)))) > 1 else single).append((dataset, arch))
     fig, axes = _panels(plt, max(1, len(panels)), 2, 5.2, 4.0)
     if not panels:
         axes[0].axis("off")
@@ -183,6 +191,11 @@ def batch_size_plot(summary: pd.DataFrame, path: str | Path) -> None:
                 ax.errorbar(part.batch_size.to_numpy(float) * shift, y, yerr=yerr, fmt="o" if fedavg else "o-",
                             color=colour, markerfacecolor="white" if fedavg else colour, markersize=5, capsize=2,
                             linewidth=1, elinewidth=0.8, label=None if fedavg else defense_label(defense, sigma))
+                if fedavg and len(set(zip(part.local_steps, part.local_lr))) > 1:  # FedAvg at several rates
+                    for xi, yi, steps, lr in zip(part.batch_size.to_numpy(float) * shift, y, part.local_steps,
+                                                 part.local_lr):
+                        ax.annotate(f"{steps} steps, lr {lr:g}", (xi, yi), xytext=(4, 0), textcoords="offset points",
+                                    fontsize=6, color=colour, va="center")
         ax.axhline(threshold, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xscale("log", base=2)
         sizes = sorted(set(cell.batch_size))
@@ -251,15 +264,16 @@ def worst_case_plot(worst: pd.DataFrame, path: str | Path, success_ssim: float =
     coloured by whether the defence protects there (holds green, fails red, undecided grey) and
     labelled with that attack and the test accuracy."""
     plt = _pyplot()
-    settings = list(dict.fromkeys(zip(worst.dataset, worst.arch, worst.batch_size, worst.local_steps,
-                                      worst.model_state))) if len(worst) else []
-    most = max((len(worst[(worst.dataset == s[0]) & (worst.arch == s[1]) & (worst.batch_size == s[2])
-                           & (worst.local_steps == s[3]) & (worst.model_state == s[4])]) for s in settings), default=1)
+    keys = ["dataset", "arch", *CLIENT, "model_state"]
+    worst = with_local_lr(worst) if len(worst) else worst
+    settings = list(dict.fromkeys(worst[keys].itertuples(index=False, name=None))) if len(worst) else []
+    cells = {s: worst[(worst[keys] == pd.Series(s, index=keys)).all(axis=1)] for s in settings}
+    most = max((len(c) for c in cells.values()), default=1)
     fig, axes = _panels(plt, max(1, len(settings)), 2, 5.4, 1.0 + 0.32 * most)
     fig.set_figheight(fig.get_figheight() + 0.6)
-    for ax, (dataset, arch, batch_size, local_steps, state) in zip(axes, settings):
-        cell = worst[(worst.dataset == dataset) & (worst.arch == arch) & (worst.batch_size == batch_size)
-                     & (worst.local_steps == local_steps) & (worst.model_state == state)]
+    for ax, setting in zip(axes, settings):
+        dataset, arch, batch_size, local_steps, local_lr, state = setting
+        cell = cells[setting]
         y = np.arange(len(cell))[::-1]
         for yi, (_, row) in zip(y, cell.iterrows()):
             verdict = str(row.protected) if isinstance(row.protected, str) else ""
@@ -275,8 +289,8 @@ def worst_case_plot(worst: pd.DataFrame, path: str | Path, success_ssim: float =
         ax.axvline(success_ssim, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.7, len(cell) - 0.3)
-        ax.set_title(f"{dataset} / {arch}, {client_label(batch_size, local_steps)}" + ("" if state == "init" else
-                                                                                        f", {state} model"), fontsize=9)
+        ax.set_title(f"{dataset} / {arch}, {client_label(batch_size, local_steps, local_lr)}"
+                     + ("" if state == "init" else f", {state} model"), fontsize=9)
         ax.set_xlabel("median SSIM of the strongest attack (95% interval)", fontsize=8)
         ax.tick_params(axis="x", labelsize=8)
     handles = [plt.Line2D([], [], marker="o", color=c, linestyle="-", label=f"protects: {v}")

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ppp.figures import DEFENSE_ORDER, client_label, defense_label
+from ppp.verdicts import with_local_lr
 
 CLAIM_TITLES = {  # the claim, then the statistic its cells show
     "F1": "F1 IG leaks: SSIM",
@@ -20,7 +21,7 @@ CLAIM_TITLES = {  # the claim, then the statistic its cells show
     "F3": "F3 PPP stops all: SSIM",
     "F4": "F4 PPP keeps accuracy: drop",
 }
-SETTING = ["dataset", "arch", "batch_size", "local_steps", "model_state"]
+SETTING = ["dataset", "arch", "batch_size", "local_steps", "local_lr", "model_state"]  # local_lr: ppp.verdicts
 
 
 def _number(value) -> float:
@@ -64,8 +65,8 @@ def _list_table(title: str, header: list[str], rows: list[list[str]], widths: st
 
 
 def _setting_name(key: tuple) -> str:
-    dataset, arch, batch_size, local_steps, state = key
-    return f"{dataset} / {arch}, {client_label(int(batch_size), int(local_steps))}" + (
+    dataset, arch, batch_size, local_steps, local_lr, state = key
+    return f"{dataset} / {arch}, {client_label(batch_size, local_steps, local_lr)}" + (
         "" if state == "init" else f", {state} model")
 
 
@@ -80,13 +81,14 @@ def preset_lines(config: Mapping) -> list[str]:
              f"- **Defences**: {', '.join(config.get('defenses', []))}; **attacks**: {', '.join(attacks)}."]
     for arch in archs:
         settings = client_settings(config, arch)
-        clients = "; ".join(client_label(s.images, s.local_steps) for s in settings)
+        clients = "; ".join(client_label(s.images, s.local_steps, s.local_lr) for s in settings)
         budgets = ", ".join(f"{a} {attack_options(config, arch, a, settings[0].name).get('iterations', '?')}"
                             for a in attacks)
         epochs = training_options(config, arch).get("epochs", "?")
+        first = settings[0]
         lines.append(f"- **{arch}**: client updates {clients}; {victims_per_cell(config, arch)} images per cell; "
-                     f"attack iterations (at {client_label(settings[0].images, settings[0].local_steps)}) {budgets}; "
-                     f"{epochs} training epochs.")
+                     f"attack iterations (at {client_label(first.images, first.local_steps, first.local_lr)}) "
+                     f"{budgets}; {epochs} training epochs.")
     return lines
 
 
@@ -99,6 +101,7 @@ def landing_rst(verdicts: pd.DataFrame, config: Mapping | None = None) -> str:
     lines += ["The answer", "~~~~~~~~~~", ""]
     if verdicts.empty:
         return "\n".join(lines + ["No verdicts: the study judged no cell.", ""])
+    verdicts = with_local_lr(verdicts)
     counts = verdicts.verdict.value_counts()
     lines += [f"{len(verdicts)} verdicts: **{counts.get('holds', 0)} hold**, **{counts.get('fails', 0)} fail**, "
               f"**{counts.get('undecided', 0)} undecided** (a verdict is decided only when its 95% interval lies "

@@ -82,7 +82,7 @@ def parse_snakemake_log(path: Path) -> SnakemakeLog:
         if stamp:
             current = last = datetime.strptime(stamp.group(1), "%a %b %d %H:%M:%S %Y")
             continue
-        rule = re.match(r"^(?:local)?rule (\w+):$", line)
+        rule = re.match(r"^(?:local)?rule ([\w.+-]+):$", line)  # attack_lenet_b4s2lr0.1_head
         if rule and current is not None:
             pending, pending_id = Job(rule.group(1), current), None
             continue

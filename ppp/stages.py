@@ -404,8 +404,18 @@ def parse_cell(reconstructions_path: str) -> dict:
                          "<state>/<attack>/ path")
     dataset, arch, client, defense, sigma, state, attack = parts[-8:-1]
     setting = ClientSetting.parse(client)
+    if setting.name != client:  # e.g. b4s2: a FedAvg path names its local lr (b4s2lr0.1)
+        raise ValueError(f"{reconstructions_path}: client setting {client!r} is not a setting's name "
+                         f"(FedSGD b<images>s1, FedAvg b<images>s<local steps>lr<local lr>)")
+    # local_lr keys the setting: FedAvg's own rate, 0.0 for FedSGD (where it plays no role).
     return dict(dataset=dataset, arch=arch, batch_size=setting.images, local_steps=setting.local_steps,
-                defense=defense, noise_scale=float(sigma), attack=attack, model_state=state)
+                local_lr=setting.key_lr, defense=defense, noise_scale=float(sigma), attack=attack, model_state=state)
+
+
+def cell_setting(cell: dict) -> ClientSetting:
+    """The client setting of a parsed cell (parse_cell; FedSGD's lr, 0.0 there, is the class default)."""
+    images, steps = int(cell["batch_size"]), int(cell["local_steps"])
+    return ClientSetting(images, steps, float(cell["local_lr"])) if steps > 1 else ClientSetting(images, steps)
 
 
 def attack_run_name(reconstructions_path: str) -> str:
@@ -507,7 +517,7 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
         rows += cell_rows
         key = f"{cell['attack']}.{cell['defense']}.{cell['noise_scale']:g}"
         if (group, cell["local_steps"]) != (1, 1):
-            key += f".b{group}s{cell['local_steps']}"
+            key += f".{cell_setting(cell).name}"  # b4s1, b4s2lr0.1
         own = {}
         for metric in ("mse", "psnr", "ssim") + (("lpips",) if lpips else ()):
             values = torch.tensor([r[metric] for r in cell_rows], dtype=torch.float64)
@@ -530,7 +540,8 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
     n = max((r.images.shape[0] for _, r, _, _ in grid_rows), default=1)
     first = grid_rows[0][0] if grid_rows else None
     setting = "" if first is None else (
-        f"{first['dataset']} / {first['arch']}, {client_label(first['batch_size'], first['local_steps'])}, "
+        f"{first['dataset']} / {first['arch']}, "
+        f"{client_label(first['batch_size'], first['local_steps'], first['local_lr'])}, "
         f"{first['model_state']} model: originals, then the strongest attack per defence")
     reconstruction_grid(victims["images"][:n], [row for _, row, _, _ in strongest_per_defense(grid_rows)], out_grid,
                         max_images=grid_images, title=setting)

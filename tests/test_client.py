@@ -60,6 +60,89 @@ def test_updates_are_disjoint_consecutive_groups_and_too_few_victims_are_refused
         ClientSetting.parse("4x2")
 
 
+@pytest.mark.parametrize("setting, name", [
+    (ClientSetting(1, 1, 0.1), "b1s1"), (ClientSetting(4, 1, 0.1), "b4s1"),
+    (ClientSetting(4, 2, 0.1), "b4s2lr0.1"), (ClientSetting(4, 2, 0.01), "b4s2lr0.01"),
+    (ClientSetting(4, 5, 0.001), "b4s5lr0.001"), (ClientSetting(2, 2, 1e-5), "b2s2lr1e-05")])
+def test_a_setting_s_name_carries_fedavg_s_lr_and_parses_back(setting, name):
+    assert setting.name == name
+    # FedSGD's name has no lr (one step's gradient does not depend on it): parse takes the given one.
+    assert ClientSetting.parse(name, setting.local_lr) == setting
+    if setting.local_steps > 1:  # the name's lr wins over a given one that differs
+        assert ClientSetting.parse(name) == setting == ClientSetting.parse(name, 0.5)
+        assert setting.key_lr == setting.local_lr
+    else:
+        assert setting.key_lr == 0.0
+
+
+@pytest.mark.parametrize("name", ["b4s1lr0.1", "b4s2lr", "b4s2lr.1", "b4s2lr0.1.2", "b4s2lr0.1x", "b4s2lr-0.1"])
+def test_names_that_are_no_setting_are_refused(name):
+    with pytest.raises(ValueError, match="b<images>s|FedSGD|learning rate|local_lr"):
+        ClientSetting.parse(name)
+
+
+def test_one_architecture_sweeps_fedavg_at_two_local_learning_rates():
+    import yaml
+
+    from ppp.config import ConfigError, client_setting, client_settings, validate_config
+
+    config = yaml.safe_load(open("config/config.yaml"))
+    config["client"]["per_arch"]["lenet"]["updates"] = [
+        {"images": 1}, {"images": 4, "local_steps": 2}, {"images": 4, "local_steps": 2, "local_lr": 0.01}]
+    validate_config(config)
+    settings = client_settings(config, "lenet")
+    assert [s.name for s in settings] == ["b1s1", "b4s2lr0.1", "b4s2lr0.01"]
+    assert [s.local_lr for s in settings[1:]] == [0.1, 0.01]  # the arch's (client.local_lr), then the update's
+    assert client_setting(config, "lenet", "b4s2lr0.01") == ClientSetting(4, 2, 0.01)
+    # The capture and attack scripts rebuild the setting from its name and the rule's local_lr param.
+    for setting in settings:
+        assert ClientSetting.parse(setting.name, client_setting(config, "lenet", setting.name).local_lr) == setting
+    # An arch's own local_lr is overridden by the update's.
+    config["client"]["per_arch"]["lenet"]["local_lr"] = 0.05
+    assert [s.name for s in client_settings(config, "lenet")] == ["b1s1", "b4s2lr0.05", "b4s2lr0.01"]
+    # The same update twice (at the same lr) is one setting listed twice.
+    config["client"]["per_arch"]["lenet"]["updates"][1]["local_lr"] = 0.01
+    with pytest.raises(ConfigError, match="lenet lists the setting b4s2lr0.01 twice"):
+        validate_config(config)
+    # FedSGD ignores the lr: two 4-image FedSGD updates are one setting whatever their lr.
+    config["client"]["per_arch"]["lenet"]["updates"] = [{"images": 4}, {"images": 4, "local_lr": 0.01}]
+    with pytest.raises(ConfigError, match="lenet lists the setting b4s1 twice"):
+        validate_config(config)
+    # A rate the name would round is refused: the name is the setting.
+    config["client"]["per_arch"]["lenet"]["updates"] = [{"images": 4, "local_steps": 2, "local_lr": 0.123456789}]
+    with pytest.raises(ConfigError, match="would round it"):
+        validate_config(config)
+    config["client"]["per_arch"]["lenet"]["updates"] = [{"images": 4, "local_steps": 2, "local_lr": 0}]
+    with pytest.raises(ConfigError, match="local_lr"):
+        validate_config(config)
+
+
+def test_evaluation_keys_a_cell_by_its_setting_s_lr_and_names_its_metrics_by_the_setting(tmp_path):
+    from ppp.io import save_tensors
+
+    assert stages.parse_cell("r/attacks/mnist/lenet/b4s2lr0.01/ppp/0.1/init/head/reconstructions.safetensors") == dict(
+        dataset="mnist", arch="lenet", batch_size=4, local_steps=2, local_lr=0.01, defense="ppp", noise_scale=0.1,
+        attack="head", model_state="init")
+    assert stages.parse_cell("r/attacks/mnist/lenet/b4s1/none/0/init/ig/reconstructions.safetensors")["local_lr"] == 0.0
+    with pytest.raises(ValueError, match="lr<local lr>"):  # a FedAvg path without its rate
+        stages.parse_cell("r/attacks/mnist/lenet/b4s2/none/0/init/ig/reconstructions.safetensors")
+    images, labels = torch.rand(4, 1, 32, 32), torch.tensor([1, 2, 3, 4])
+    save_tensors(tmp_path / "victims.safetensors", {"images": images, "labels": labels})
+    paths = []
+    for client in ("b4s2lr0.1", "b4s2lr0.01"):
+        path = tmp_path / "attacks/mnist/lenet" / client / "none/0/init/head/reconstructions.safetensors"
+        path.parent.mkdir(parents=True)
+        save_tensors(path, {"images": images.flip(0)})
+        paths.append(str(path))
+    means, *_ = stages.evaluate_cells(paths, str(tmp_path / "victims.safetensors"), str(tmp_path / "metrics.csv"),
+                                      str(tmp_path / "grid.png"))
+    assert {"ssim_mean.head.none.0.b4s2lr0.1", "ssim_mean.head.none.0.b4s2lr0.01"} <= set(means)
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "metrics.csv")
+    assert sorted(set(rows.local_lr)) == [0.01, 0.1] and (rows.ssim > 0.99).all()  # matched within each update
+
+
 @pytest.mark.parametrize("precode", [None, PrecodeSpec(bottleneck_size=16)])
 def test_fedavg_with_one_local_step_equals_fedsgd(mnist_victims, precode):
     images, labels = mnist_victims[0][:4], mnist_victims[1][:4]
@@ -367,10 +450,10 @@ def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
     config = yaml.safe_load(open("config/config.yaml"))
     validate_config(config)
     assert [s.name for s in client_settings(config, "mlp")] == ["b1s1", "b4s1"]
-    assert [s.name for s in client_settings(config, "lenet")] == ["b1s1", "b4s1", "b4s2"]
+    assert [s.name for s in client_settings(config, "lenet")] == ["b1s1", "b4s1", "b4s2lr0.1"]
     assert client_victims(config, "mlp", "b4s1") == 16 and client_victims(config, "lenet", "b1s1") == 16
     # LeNet's batches run the head attack alone; a setting's attacks are cut to the preset's list.
-    assert client_attacks(config, "lenet", "b4s2") == ["head"]
+    assert client_attacks(config, "lenet", "b4s2lr0.1") == ["head"]
     assert "head" not in client_attacks(config, "mlp", "b1s1")
     assert client_attacks({**config, "attacks": ["ig"]}, "lenet", "b4s1") == []
     bad = yaml.safe_load(open("config/config.yaml"))
@@ -380,11 +463,11 @@ def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
     config["client"]["per_arch"]["mlp"]["updates"].append(
         {"images": 4, "local_steps": 2, "victims": 4, "defenses": ["none", "precode"]})  # as config/gpu.yaml
     validate_config(config)
-    assert client_victims(config, "mlp", "b4s2") == 4
-    assert client_defenses(config, "mlp", "b4s2") == ["none", "precode"]
+    assert client_victims(config, "mlp", "b4s2lr0.1") == 4
+    assert client_defenses(config, "mlp", "b4s2lr0.1") == ["none", "precode"]
     assert client_defenses(config, "mlp", "b4s1") == config["defenses"]
     config["client"]["per_arch"]["mlp"]["updates"][2]["defenses"] = ["none", "ppp_no_decoder"]
-    with pytest.raises(ConfigError, match=r"setting b4s2 of mlp lists defences \['ppp_no_decoder'\]"):
+    with pytest.raises(ConfigError, match=r"setting b4s2lr0.1 of mlp lists defences \['ppp_no_decoder'\]"):
         validate_config(config)
 
 

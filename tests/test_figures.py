@@ -27,8 +27,8 @@ def drawn(monkeypatch):
 
 
 def _two_settings(summary):
-    """The study at one image per update and again at four (FedAvg: two local steps)."""
-    other = summary.assign(batch_size=4, local_steps=2)
+    """The study at one image per update and again at four (FedAvg: two local steps at lr 0.1)."""
+    other = summary.assign(batch_size=4, local_steps=2, local_lr=0.1)
     return pd.concat([summary, other], ignore_index=True)
 
 
@@ -83,6 +83,24 @@ def test_worst_case_plot_has_one_row_per_defence_coloured_by_its_verdict(drawn):
     dots = [line for line in ax.lines if line.get_marker() == "o"]
     colours = {figures.VERDICT_COLOURS[v] for v in worst.protected}
     assert {d.get_color() for d in dots} == colours and figures.VERDICT_COLOURS["holds"] in colours
+
+
+def test_fedavg_at_two_local_learning_rates_gets_a_panel_and_a_label_each(drawn):
+    assert figures.client_label(1, 1) == "1 image/update"
+    assert figures.client_label(4, 1, 0.0) == "4 images/update"
+    assert figures.client_label(4, 2, 0.1) == "4 images/update, 2 local steps at lr 0.1 (FedAvg)"
+    assert figures.client_label(4, 2) == "4 images/update, 2 local steps (FedAvg)"  # the lr unknown
+    summary, table = _study(CELLS)
+    worst = worst_case(summary, table)
+    both = pd.concat([worst.assign(batch_size=4, local_steps=2, local_lr=lr) for lr in (0.1, 0.01)],
+                     ignore_index=True)
+    figures.worst_case_plot(both, "unused.png")
+    (fig,) = drawn
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["mnist / lenet, 4 images/update, 2 local steps at lr 0.1 (FedAvg)",
+                      "mnist / lenet, 4 images/update, 2 local steps at lr 0.01 (FedAvg)"]
+    text = landing_rst(pd.concat([table.assign(batch_size=4, local_steps=2, local_lr=lr) for lr in (0.1, 0.01)]))
+    assert "2 local steps at lr 0.1 (FedAvg)" in text and "2 local steps at lr 0.01 (FedAvg)" in text
 
 
 def test_learning_curves_read_a_single_epoch_back_from_the_csv():

@@ -228,3 +228,36 @@ def test_precode_inputs_follow_fedavg_s_steps(mnist_victims):
                       local_steps=2, local_lr=0.1)
     recovered = recover_precode_inputs(view, recovery)
     assert _relative_error(recovered, precode_steps[0][None]) < 1e-4
+
+
+def test_replayed_drift_corrects_fedavg_s_head_features(mnist_victims):
+    """Given how the head's inputs drift over the client's steps (replayed on the true images), the
+    first step's inputs follow from the FedAvg head update almost exactly, where the fixed-features fit
+    is off by about the drift (LeNet at local lr 0.01, 2 steps)."""
+    from ppp.attacks.head import correct_for_drift, head_input_drift
+    images, labels = mnist_victims[0][:4], torch.tensor([[0, 1, 2, 3]])
+    model = _lenet(precode=False)
+    update, steps, _ = _fedavg_truth(model, images, labels[0], 0.01)
+    drift = head_input_drift(model, images[None], labels, 2, 0.01)
+    torch.testing.assert_close(drift[0], steps - steps[:1], atol=1e-4, rtol=1e-3)  # the replay is the client's
+    weight, bias = update["stages.head.weight"][None], update["stages.head.bias"][None]
+    _, head = head_module(model)
+    fixed = recover_head_inputs(weight, bias, head.weight, head.bias, labels, starts=2, local_steps=2, local_lr=0.01)
+    corrected = correct_for_drift(fixed, drift, weight, bias, head.weight, head.bias, 0.01)
+    assert _relative_error(fixed.features, steps[0][None]) > 0.02
+    assert _relative_error(corrected.features, steps[0][None]) < 2e-3
+    assert corrected.step_features.shape == (1, 2, 4, steps.shape[-1]) and float(corrected.residual[0]) < 1e-3
+
+
+def test_drift_rounds_improve_the_head_attack_on_a_fedavg_update(mnist_victims):
+    images, labels = mnist_victims[0][:4], mnist_victims[1][:4]
+    model = _lenet(precode=False)
+    update, _, _ = _fedavg_truth(model, images, labels, 0.01)
+    view = ServerView(model, {n: g[None] for n, g in update.items()}, labels, "eval", images_per_update=4,
+                      local_steps=2, local_lr=0.01)
+    ssim = {}
+    for rounds in (0, 2):
+        attack = build_attack("head", iterations=300, tv_weight=0.002, lr=0.1, drift_rounds=rounds)
+        result = attack(view, seed=0)
+        ssim[rounds] = _ssim(images, result.images[match_reconstructions(images, result.images)]).median()
+    assert ssim[2] > ssim[0] + 0.1 and ssim[2] > 0.7, ssim

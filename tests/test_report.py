@@ -130,4 +130,25 @@ def test_an_adaptive_attack_that_breaks_ppp_removes_its_protection_and_names_its
     assert list(worst.index.get_level_values(0).unique()) == ["none", "noise", "precode", "ppp", "ppp_encoder"]
 
 
+def test_fedavg_at_two_local_learning_rates_stays_two_settings_in_every_table():
+    """The same FedAvg update (1 image, 2 steps) at lr 0.1 and at 0.01, where the targeted attack breaks PPP
+    at sigma 0.1: findings, the worst case and the verdicts keep one row per rate, keyed by local_lr."""
+    from ppp.report import CELL, RECONSTRUCTION_COLUMNS as COLUMNS
+
+    assert COLUMNS[:5] == ["dataset", "arch", "batch_size", "local_steps", "local_lr"] and "local_lr" in CELL
+    broken = [c if c[:3] != ("ppp", 0.1, "ig_targeted") else (*c[:3], 26.0, 0.8, c[5]) for c in CELLS]
+    reconstructions = pd.concat([_reconstructions(CELLS).assign(local_steps=2, local_lr=0.1),
+                                 _reconstructions(broken).assign(local_steps=2, local_lr=0.01)], ignore_index=True)
+    summary = summarize(reconstructions, _utility(CELLS), 0.5)
+    accuracies = {("mnist", "lenet", d, s): _correct(acc) for d, s, _, _, _, acc in CELLS}
+    table = judge(reconstructions, accuracies, {("mnist", "lenet"): [0.5, 0.8, 0.85, 0.851, 0.852]})
+    rows = findings(summary, table).set_index("local_lr")
+    assert sorted(rows.index) == [0.01, 0.1]
+    assert rows.loc[0.1].ppp_protecting_sigma == 0.1 and rows.loc[0.01].ppp_protecting_sigma == 1.0
+    worst = worst_case(summary, table).set_index(["local_lr", "defense", "noise_scale"])
+    assert worst.loc[(0.1, "ppp", 0.1)].protected == "holds" and worst.loc[(0.01, "ppp", 0.1)].protected == "fails"
+    assert len(worst) == 2 * len(worst_case(*_study(CELLS)))
+    assert (summary.groupby("local_lr").victims.sum() == IMAGES * len(CELLS)).all()
+
+
 REPO_CONFIG = __import__("pathlib").Path(__file__).resolve().parent.parent / "config" / "config.yaml"

@@ -100,6 +100,24 @@ def test_full_table_shows_intervals_gaps_and_missing_claims():
     assert noise.endswith("**undecided** 0.45 [0.13, 0.21] ig, gap 39.3 dB [34.7, 41.3], not converged |")
 
 
+def test_fedavg_at_two_local_learning_rates_are_two_rows_named_by_their_lr():
+    zero, one = _draws()
+    fedavg = [d.assign(batch_size=4, local_steps=2, local_lr=lr) for d in (zero, one) for lr in (0.1, 0.01)]
+    zero, one = pd.concat([zero, *fedavg[:2]], ignore_index=True), pd.concat([one, *fedavg[2:]], ignore_index=True)
+    settings = [line.split("|")[3].strip() for line in answer_table(zero, one).splitlines()[2:]]
+    assert settings == ["1 image", "4 images, FedAvg 2 steps lr 0.01", "4 images, FedAvg 2 steps lr 0.1"]
+    assert "| 4, FedAvg 2 steps lr 0.01 | F1 |" in side_by_side(zero, one)
+
+
+def test_verdict_csvs_from_before_the_local_lr_column_still_read():
+    """docs/results/ holds CSVs without local_lr: FedSGD reads as 0, FedAvg as the 0.1 those runs used."""
+    old = pd.read_csv(REPO / "docs" / "results" / "verdicts-draw0.csv")
+    assert "local_lr" not in old.columns and (old.local_steps > 1).any()
+    table = answer_table(old, old)
+    assert "| mnist | lenet | 4 images, FedAvg 2 steps lr 0.1 |" in table
+    assert "| mnist | lenet | 4 images |" in table and "lr 0 " not in table
+
+
 def test_claim_cell_of_a_missing_claim_and_of_a_dB_statistic():
     assert claim_cell(pd.Series({"verdict": np.nan})) == "(not run)"
     f2 = pd.Series({"claim": "F2", "verdict": "holds", "statistic": "median PSNR, targeted minus IG (dB)",

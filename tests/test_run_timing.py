@@ -79,3 +79,11 @@ def test_a_later_invocation_that_ran_nothing_does_not_hide_the_run(tmp_path):
     empty.write_text("  Date: 2026-12-06 09:00:00\nNothing to be done.\n")
     os.utime(empty, (2e9, 2e9))  # newer than the run's log
     assert {j.rule for j in load_run(run_dir).jobs} == {"attack_lenet_b1s1_ig", "evaluate"}
+
+
+def test_a_fedavg_rule_whose_name_carries_its_lr_is_counted(tmp_path):
+    """FedAvg's rules are named by the setting, lr included (attack_lenet_b4s2lr0.1_head)."""
+    text = SNAKEMAKE_LOG.replace("attack_lenet_b1s1_ig", "attack_lenet_b4s2lr0.1_head")
+    run_dir = _run_dir(tmp_path)
+    (run_dir / ".snakemake" / "log" / "2026-12-06T075450.snakemake.log").write_text(text)
+    assert {j.rule for j in load_run(run_dir).jobs} == {"attack_lenet_b4s2lr0.1_head", "evaluate"}

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from ppp.report import RECONSTRUCTION_COLUMNS
-from ppp.verdicts import (FAILS, HOLDS, UNDECIDED, Thresholds, all_of, any_of, compare, contradictions, judge,
-                          plateaued)
+from ppp.verdicts import (FAILS, HOLDS, SETTING, UNDECIDED, Thresholds, all_of, any_of, compare, contradictions,
+                          judge, plateaued, with_local_lr)
 
 
 def _rows(defense, sigma, attack, ssim, psnr, batch_size=1, ssim_half=None):
@@ -148,3 +148,33 @@ def test_where_no_attack_works_on_the_undefended_model_no_defence_is_judged():
     assert _claim(table, "F1").verdict == FAILS
     assert _claim(table, "protects", "ppp", 0.1).verdict == UNDECIDED
     assert _claim(table, "F3", "ppp", 0.1).verdict == UNDECIDED
+
+
+def _fedavg(rows, local_lr, local_steps=2):
+    return [dict(r, local_steps=local_steps, local_lr=local_lr) for r in rows]
+
+
+def test_fedavg_at_two_local_learning_rates_are_two_settings_with_their_own_verdicts():
+    """One architecture's FedAvg at lr 0.1 and 0.01 (same images, same steps): reconstructed at 0.01, not
+    at 0.1. Keyed without local_lr the two would merge into one setting of 32 images and one F1."""
+    at_01 = _fedavg(_rows("none", 0.0, "head", np.linspace(0.02, 0.05, 16), 12.0, batch_size=4), 0.1)
+    at_001 = _fedavg(_rows("none", 0.0, "head", np.linspace(0.85, 0.95, 16), 30.0, batch_size=4), 0.01)
+    table = _table(at_01, at_001)
+    assert "local_lr" in SETTING
+    f1 = table[table.claim == "F1"].set_index("local_lr")
+    assert sorted(f1.index) == [0.01, 0.1]
+    assert f1.loc[0.1].verdict == FAILS and f1.loc[0.01].verdict == HOLDS
+    assert (f1.images == 16).all() and (f1.local_steps == 2).all()
+    # FedSGD's rows key lr 0.0 (the column may be missing or empty in older tables); FedAvg's must name it.
+    fedsgd = _table(_rows("none", 0.0, "ig", np.linspace(0.85, 0.95, 16), 30.0))
+    assert set(fedsgd.local_lr) == {0.0}
+    with pytest.raises(ValueError, match="FedAvg rows without a local_lr"):
+        _table(_fedavg(_rows("none", 0.0, "head", 0.9, 30.0, batch_size=4), np.nan))
+
+
+def test_tables_from_before_the_local_lr_column_read_as_fedsgd_0_and_fedavg_0_1():
+    old = pd.DataFrame({"dataset": ["mnist"] * 2, "arch": ["lenet"] * 2, "model_state": ["init"] * 2,
+                        "batch_size": [4, 4], "local_steps": [1, 2], "claim": ["F1", "F1"]})
+    filled = with_local_lr(old)
+    assert list(filled.columns[:6]) == SETTING and list(filled.local_lr) == [0.0, 0.1]
+    assert with_local_lr(filled) is filled  # nothing to fill

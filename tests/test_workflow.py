@@ -30,7 +30,7 @@ def planned_rules(output: str) -> set[str]:
     if "Job stats" not in output:
         return set()
     table = output.split("Job stats:")[1].split("total")[0]
-    return {m.group(1) for m in re.finditer(r"^([a-z0-9_]+)\s+\d+\s*$", table, re.M)}
+    return {m.group(1) for m in re.finditer(r"^([a-z0-9_.+-]+)\s+\d+\s*$", table, re.M)}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,8 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
     cells = recon.groupby(["batch_size", "local_steps", "defense", "noise_scale", "attack"]).size()
     assert len(cells) == 22 and set(cells) == {config["attack"]["defaults"]["victims"]}
     assert set(zip(recon.batch_size, recon.local_steps)) == {(1, 1), (2, 2)}
+    # FedAvg's rate keys its setting (config/test.yaml's client.local_lr); FedSGD's is 0.
+    assert set(zip(recon.local_steps, recon.local_lr)) == {(1, 0.0), (2, config["client"]["local_lr"])}
     assert (recon[recon.batch_size == 2].update_id == 0).all()
     assert recon[recon.batch_size == 1].update_id.tolist()[:2] == [0, 1]
     assert (recon.label_accuracy == 1).all()  # the server is told the labels here
@@ -93,7 +95,7 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
     # The victims are a class-balanced draw from the test split: distinct labels here.
     assert recon[recon.batch_size == 1].groupby("victim").label.first().nunique() == 2
     for plot in ("privacy_utility.png", "batch_size.png", "learning_curves.png",
-                 "reconstructions_mnist_mlp_b1s1_init.png", "reconstructions_mnist_mlp_b2s2_init.png"):
+                 "reconstructions_mnist_mlp_b1s1_init.png", "reconstructions_mnist_mlp_b2s2lr0.1_init.png"):
         assert (workdir / "results" / "plots" / plot).stat().st_size > 1000
 
 
@@ -175,8 +177,8 @@ def test_every_attack_run_shows_its_reconstruction_and_every_training_run_its_cu
         assert all(-1 <= m.value <= 1 for m in ssim)
     # A cell is found by its params with the UI's search.
     found = client.search_runs([experiment.experiment_id], "params.defense = 'ppp' and params.attack = 'latent' "
-                               "and params.client = 'b2s2' and params.sigma = '0.1' and params.dataset = 'mnist'")
-    assert [r.info.run_name for r in found] == ["attack/mnist/mlp/b2s2/ppp/0.1/init/latent"]
+                               "and params.client = 'b2s2lr0.1' and params.sigma = '0.1' and params.dataset = 'mnist'")
+    assert [r.info.run_name for r in found] == ["attack/mnist/mlp/b2s2lr0.1/ppp/0.1/init/latent"]
     utility = pd.read_csv(results / "tables" / "utility.csv")
     training = [r for r in runs if r.data.tags.get("rule") == "train"]
     assert len(training) == len(utility) == 5
@@ -211,7 +213,7 @@ def test_the_report_opens_on_the_questions_the_preset_and_the_verdicts_with_ever
         assert text in html, text
     assert "has not finished here yet" not in html
     plots = ["privacy_utility", "batch_size", "learning_curves", "worst_case", "reconstructions_mnist_mlp_b1s1_init",
-             "reconstructions_mnist_mlp_b2s2_init"]
+             "reconstructions_mnist_mlp_b2s2lr0.1_init"]
     for plot in plots:
         assert f'"results/plots/{plot}.png": {{"name": "{plot}.png"' in html, plot
 
@@ -280,8 +282,8 @@ def test_rerun_does_nothing_and_new_victims_rerun_only_what_depends_on_them(fini
     planned = planned_rules(snakemake(workdir, "-n"))
     # Capture and attack have a rule per architecture and client setting (and attack): capture_mlp_b1s1,
     # attack_mlp_b1s1_ig, ...
-    assert {"prepare_victims", "capture_mlp_b1s1", "capture_mlp_b2s2", "attack_mlp_b1s1_ig",
-            "attack_mlp_b2s2_analytic", "evaluate", "aggregate"} <= planned
+    assert {"prepare_victims", "capture_mlp_b1s1", "capture_mlp_b2s2lr0.1", "attack_mlp_b1s1_ig",
+            "attack_mlp_b2s2lr0.1_analytic", "evaluate", "aggregate"} <= planned
     assert not {rule for rule in planned if rule.startswith(("prepare_data", "init_model", "train"))}
 
 
@@ -351,6 +353,9 @@ def test_make_run_resumes_after_kill_9_and_never_unlocks_a_live_run(tmp_path, fi
     while time.time() < deadline and len(list(attacks.rglob("reconstructions.safetensors"))) < 4:
         time.sleep(0.5)
     time.sleep(3)
+    # The refusal is only tested against a live run: a first run that ended (failed, or finished every job)
+    # is a different failure and says so.
+    assert first.poll() is None, f"the first run ended (exit {first.returncode}) before the second start"
     second = subprocess.run(wrapper, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert second.returncode == 1 and "another 'make run' is running" in second.stderr
     os.kill(first.pid, signal.SIGKILL)  # the wrapper exec'd Snakemake: this is its main process

@@ -169,7 +169,7 @@ work, port = sys.argv[1:]
 log = open(f"{work}/cluster.log").read()
 submitted = set(re.findall(r"SLURM jobid (\d+)", log)) | set(re.findall(r"SLURM run ID: \S+.*?jobid (\d+)", log))
 stats = log.split("Job stats:")[1].split("total")[0]
-counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stats, re.M)}
+counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^([\w.+-]+)\s+(\d+)\s*$", stats, re.M)}
 local_rules = {"aggregate", "all"}
 expected = sum(n for rule, n in counts.items() if rule not in local_rules)
 assert len(submitted) == expected, f"{len(submitted)} SLURM jobs submitted, {expected} expected: {counts}"

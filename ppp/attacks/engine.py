@@ -382,6 +382,11 @@ class RowsObjective:
     def score(self, x_row: torch.Tensor, row: int, latent_row: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def after_step(self, rows: torch.Tensor, lr_scale: torch.Tensor) -> None:
+        """Called after every optimiser step with the rows just evaluated and every row's learning-rate
+        factor of its schedule (1 at the start): an objective with unknowns of its own (the surrogate
+        attack's alpha) steps them here."""
+
 
 class ChunkedRowsObjective(RowsObjective):
     """An objective whose rows go through one batched forward and backward (`_evaluate_rows`), split
@@ -556,10 +561,13 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
                 latent.grad[live.to(device)] = latent_grads[0].sign() if problem.signed else latent_grads[0]
             if own_budgets:
                 lr_of = {n: multistep_lr(problem.lr, m, step) for n, m in row_milestones.items()}
-                optimizer.step(torch.tensor([lr_of[n] for n in row_budgets], device=device))
+                row_lr = torch.tensor([lr_of[n] for n in row_budgets], device=device)
+                optimizer.step(row_lr)
             else:
                 optimizer.param_groups[0]["lr"] = multistep_lr(problem.lr, milestones, step)
                 optimizer.step()
+                row_lr = torch.full((n_rows,), optimizer.param_groups[0]["lr"], device=device)
+            objective.after_step(live.to(device), row_lr / problem.lr)
             if frozen_before is not None:  # Adam's momentum would move frozen rows: hold them
                 for t, before in zip(optimised, frozen_before):
                     t[frozen] = before

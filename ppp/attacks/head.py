@@ -110,10 +110,12 @@ def _residual(A: torch.Tensor, K: torch.Tensor, V: torch.Tensor, W: torch.Tensor
 def _fit(K: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: torch.Tensor, A: torch.Tensor,
          steps: int, local_steps: int = 1, local_lr: float = 0.01) -> tuple[torch.Tensor, float]:
     """Levenberg-Marquardt on A (S' B x r) for one update; returns (A, relative residual)."""
+    return _levenberg_marquardt(lambda A: _residual(A, K, V, W, b, Y, local_steps, local_lr)[0], A, steps)
 
-    def residual(A: torch.Tensor) -> torch.Tensor:
-        return _residual(A, K, V, W, b, Y, local_steps, local_lr)[0]
 
+def _levenberg_marquardt(residual: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor,
+                         steps: int) -> tuple[torch.Tensor, float]:
+    """Minimise |residual(A)|^2 from A; returns (A, |residual|)."""
     damping = 1e-3
     r = residual(A)
     cost = float(r @ r)
@@ -286,6 +288,113 @@ def recover_precode_inputs(view: ServerView, recovery: HeadRecovery, rounds: int
     return torch.nan_to_num(torch.stack(outputs), nan=0.0, posinf=0.0, neginf=0.0).clamp(-1e6, 1e6)
 
 
+def head_input_drift(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, local_steps: int,
+                     local_lr: float) -> torch.Tensor:
+    """How the head's inputs move over a FedAvg client's local steps on `images` (U, B, C, H, W) with
+    `labels` (U, B): the server replays the steps (full batch, plain SGD, PRECODE at its mean code) and
+    returns every step's head inputs minus the first step's, (U, S, B, D), float64."""
+    from torch.func import functional_call
+
+    from ppp.client import _functional_loss
+    from ppp.precode import code_mode
+
+    _, head = head_module(model)
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach().double()))
+    drift = []
+    try:
+        with code_mode(model, "mean"):
+            for pixels, update_labels in zip(images, labels):
+                weights = {n: p.detach() for n, p in model.named_parameters()}
+                steps = []
+                for step in range(local_steps):
+                    current = {n: w.requires_grad_(True) if step < local_steps - 1 else w
+                               for n, w in weights.items()}
+                    seen.clear()
+                    if step < local_steps - 1:
+                        loss = _functional_loss(model, current, pixels, update_labels)
+                        grads = torch.autograd.grad(loss, list(current.values()))
+                        weights = {n: (w - local_lr * g).detach() for (n, w), g in zip(current.items(), grads)}
+                    else:
+                        with torch.no_grad():
+                            functional_call(model, current, (pixels,))
+                    steps.append(seen[0].flatten(1))
+                stacked = torch.stack(steps)
+                drift.append(stacked - stacked[:1])
+    finally:
+        hook.remove()
+    return torch.stack(drift)
+
+
+def correct_for_drift(recovery: HeadRecovery, drift: torch.Tensor, weight_grad: torch.Tensor,
+                      bias_grad: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, local_lr: float,
+                      rounds: int = 200, steps: int = 0) -> HeadRecovery:
+    """The first step's head inputs H_0 of every update, given the inputs' drift D_k over the local steps
+    (`head_input_drift` on the images recovered so far). The FedAvg head update is
+    K = (1/(S B)) sum_k G_k^T [H_0 + D_k, 1], every step's output errors G_k from the head's own replayed
+    steps at H_0 + D_k. With the G_k fixed, K is linear in H_0: least squares gives H_0, and H_0 the
+    G_k (`rounds` alternations, from the fixed-features fit). Where that stalls (images of one label
+    have nearly equal G rows), Levenberg-Marquardt finishes it (`steps`): K minus the drift's terms has
+    rank B, so every [H_0, 1] is a combination of its B leading right singular vectors, and the B x B
+    combinations are fitted to the whole of K. Returns a recovery with every step's features."""
+    updates, local_steps, images, _ = drift.shape
+    labels = recovery.labels
+    W, b = weight.detach().double(), bias.detach().double()
+    classes = W.shape[0]
+    stacked = torch.cat([weight_grad.double(), bias_grad.double().unsqueeze(-1)], dim=-1)  # (U, C, D + 1)
+    scale = 1.0 / (local_steps * images)
+    ones = torch.ones(local_steps, images, 1, dtype=torch.float64)
+    features = recovery.features.clone().double()
+    step_features = torch.empty(updates, local_steps, images, W.shape[1], dtype=torch.float64)
+    errors = torch.empty(updates, local_steps, images, classes, dtype=torch.float64)
+    residuals = torch.empty(updates, dtype=torch.float64)
+    for u in range(updates):
+        Y = nn.functional.one_hot(labels[u], classes).double()
+        D, K = drift[u].double(), stacked[u]
+        norm = K.norm().clamp_min(1e-300)
+
+        def drift_terms(G: torch.Tensor) -> torch.Tensor:
+            return scale * torch.einsum("kic,kid->cd", G, D)
+
+        def residual_of(H0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            G = _output_errors(H0.unsqueeze(0) + D, W, b, Y, local_steps, local_lr)
+            modelled = scale * torch.einsum("kic,kid->cd", G, torch.cat([H0.unsqueeze(0) + D, ones], dim=-1))
+            return (K - modelled).flatten() / norm, G
+
+        H0 = features[u]
+        for _ in range(rounds):
+            G = _output_errors(H0.unsqueeze(0) + D, W, b, Y, local_steps, local_lr)
+            rhs = K.clone()
+            rhs[:, :-1] -= drift_terms(G)
+            rows = torch.linalg.lstsq(scale * G.sum(0).T, rhs).solution  # (B, D + 1): [H_0, 1] up to scale
+            new = torch.nan_to_num(rows[:, :-1] / rows[:, -1:], nan=0.0, posinf=0.0, neginf=0.0).clamp(-1e6, 1e6)
+            moved = float((new - H0).norm() / H0.norm().clamp_min(1e-300))
+            H0 = new
+            if moved < 1e-9:
+                break
+        r, G = residual_of(H0)
+        if steps and float(r.norm()) > EXACT_FIT:
+            rhs = K.clone()
+            rhs[:, :-1] -= drift_terms(G)
+            V = torch.linalg.qr(leading_right_singular_vectors(rhs.unsqueeze(0), images)[0].T)[0].T  # (B, D + 1)
+
+            def residual(A: torch.Tensor) -> torch.Tensor:
+                rows = A @ V
+                return residual_of(rows[:, :-1] / rows[:, -1:])[0]
+
+            start = torch.cat([H0, torch.ones(images, 1, dtype=torch.float64)], dim=1) @ V.T
+            A, _ = _levenberg_marquardt(residual, start, steps)
+            rows = A @ V
+            candidate = torch.nan_to_num(rows[:, :-1] / rows[:, -1:], nan=0.0, posinf=0.0, neginf=0.0)
+            if float(residual_of(candidate)[0].norm()) < float(r.norm()):
+                H0 = candidate
+        r, G = residual_of(H0)
+        residuals[u] = r.norm()
+        features[u], step_features[u], errors[u] = H0, H0.unsqueeze(0) + D, G
+    scales = torch.full((updates, local_steps, images), scale, dtype=torch.float64)
+    return HeadRecovery(features, errors, scales, residuals, labels, step_features)
+
+
 # Elementwise activations with an inverse, for peeling layers off recovered features.
 INVERSES: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
     nn.Sigmoid: lambda y: torch.logit(y.clamp(1e-12, 1 - 1e-12)),
@@ -438,6 +547,9 @@ class HeadInversion(RowOptimisation):
     # FedAvg: fit every local step's features (the exact model, where S B <= classes). Off: on LeNet at
     # local lr 0.1 it cut the fit's residual 100x but not its feature error (14-18%), at 10x the fit's time.
     per_step: bool = False
+    # FedAvg: rounds of replaying the client's local steps on the images recovered so far, correcting the
+    # head's features for how they drift over the steps (correct_for_drift), and inverting again (0: off).
+    drift_rounds: int = 0
     peel: bool = True  # invert exactly recovered features back through invertible layers first (peel_layers)
     # Then Inverting Gradients on the whole update from the inverted features (0: no refinement), over
     # every gradient ("all") or those before PRECODE ("before_precode"), plus the feature term.
@@ -452,6 +564,52 @@ class HeadInversion(RowOptimisation):
         super().__post_init__()
         if self.precode_target not in ("encoder", "head"):
             raise ValueError(f"attack precode_target must be encoder or head, got {self.precode_target!r}")
+
+    def _invert(self, view: ServerView, recovery: HeadRecovery, labels: torch.Tensor, seeds: list[int],
+                ids: list[int], progress, update_iterations, start: torch.Tensor | None = None) -> AttackResult:
+        """The recovered features (through PRECODE's encoder where it sits before the head, peeled back
+        through invertible layers) inverted to images, one optimisation row per image."""
+        model = view.model
+        device = model.mean.device
+        per_update = view.images_per_update
+        index = head_index(model)
+        targets = recovery.features
+        through_precode = model.has_precode and model.precode_index == index
+        if through_precode and self.precode_target == "encoder":
+            targets = recover_precode_inputs(view, recovery)
+        elif model.has_precode and not through_precode:
+            raise ValueError("the head attack inverts through PRECODE only where it sits right before the head")
+        if self.peel:
+            index, flat = peel_layers(model, index, targets.reshape(-1, targets.shape[-1]))
+            targets = flat.view(*targets.shape[:2], -1)
+        else:
+            index = torch.full((targets.shape[0] * targets.shape[1],), index, dtype=torch.long)
+        self.recovery = {"residual": recovery.residual, "features": targets, "stage": index}
+        rows = targets.reshape(-1, targets.shape[-1]).float().to(device).repeat_interleave(self.restarts, dim=0)
+        objective = FeatureMatching(model, rows, self.tv_weight, self.feature_loss,
+                                    index.to(device).repeat_interleave(self.restarts))
+        # One optimisation row per image: a view of single images carrying nothing but their count.
+        images = view.num_images
+        row_view = ServerView(model, {"images": torch.zeros(images, 1)}, None, view.model_mode)
+        problem = GradientMatchingProblem(
+            names=[], iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
+            init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay, precision=self.precision)
+
+        def per_update_progress(step: int, losses: torch.Tensor) -> None:
+            progress(step, losses.view(view.num_updates, per_update, -1).mean(1))
+
+        result = optimise(row_view, labels.flatten(), problem,
+                          [s for s in seeds for _ in range(per_update)],
+                          progress=per_update_progress if progress else None, progress_every=self.progress_every,
+                          victim_ids=[v * per_update + j for v in ids for j in range(per_update)],
+                          objective=objective, start=start, update_iterations=None if update_iterations is None else
+                          [n for n in update_iterations for _ in range(per_update)])
+        # The engine's losses are per image; the study's are per update.
+        result.gradient_loss = result.gradient_loss.view(view.num_updates, per_update).mean(1)
+        result.restart_losses = result.restart_losses.view(view.num_updates, per_update, -1).mean(1)
+        if result.iterations is not None:
+            result.iterations = result.iterations.view(view.num_updates, per_update).max(1).values
+        return result
 
     def __call__(self, view: ServerView, seed: int | Sequence[int],
                  progress: Callable[[int, torch.Tensor], None] | None = None,
@@ -476,45 +634,23 @@ class HeadInversion(RowOptimisation):
                                        seed=fit_seed, local_steps=view.local_steps, local_lr=view.local_lr,
                                        search_labels=inferred and self.search_labels, per_step=self.per_step)
         labels = recovery.labels
-        index = head_index(model)
-        targets = recovery.features
-        through_precode = model.has_precode and model.precode_index == index
-        if through_precode and self.precode_target == "encoder":
-            targets = recover_precode_inputs(view, recovery)
-        elif model.has_precode and not through_precode:
-            raise ValueError("the head attack inverts through PRECODE only where it sits right before the head")
-        if self.peel:
-            index, flat = peel_layers(model, index, targets.reshape(-1, targets.shape[-1]))
-            targets = flat.view(*targets.shape[:2], -1)
-        else:
-            index = torch.full((targets.shape[0] * targets.shape[1],), index, dtype=torch.long)
-        self.recovery = {"residual": recovery.residual, "features": targets, "stage": index}
-        rows = targets.reshape(-1, targets.shape[-1]).float().to(device).repeat_interleave(self.restarts, dim=0)
-        objective = FeatureMatching(model, rows, self.tv_weight, self.feature_loss,
-                                    index.to(device).repeat_interleave(self.restarts))
-        # One optimisation row per image: a view of single images carrying nothing but their count.
-        images = view.num_images
-        row_view = ServerView(model, {"images": torch.zeros(images, 1)}, None, view.model_mode)
         seeds = [seed] * view.num_updates if isinstance(seed, int) else list(seed)
         ids = list(range(view.num_updates)) if victim_ids is None else list(victim_ids)
-        problem = GradientMatchingProblem(
-            names=[], iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
-            init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay, precision=self.precision)
-
-        def per_update_progress(step: int, losses: torch.Tensor) -> None:
-            progress(step, losses.view(view.num_updates, per_update, -1).mean(1))
-
-        result = optimise(row_view, labels.flatten(), problem,
-                          [s for s in seeds for _ in range(per_update)],
-                          progress=per_update_progress if progress else None, progress_every=self.progress_every,
-                          victim_ids=[v * per_update + j for v in ids for j in range(per_update)],
-                          objective=objective, update_iterations=None if update_iterations is None else
-                          [n for n in update_iterations for _ in range(per_update)])
-        # The engine's losses are per image; the study's are per update.
-        result.gradient_loss = result.gradient_loss.view(view.num_updates, per_update).mean(1)
-        result.restart_losses = result.restart_losses.view(view.num_updates, per_update, -1).mean(1)
-        if result.iterations is not None:
-            result.iterations = result.iterations.view(view.num_updates, per_update).max(1).values
+        result = self._invert(view, recovery, labels, seeds, ids, progress, update_iterations)
+        drift_rounds = self.drift_rounds if view.local_steps > 1 else 0
+        for _ in range(drift_rounds):
+            # FedAvg: replay the client's steps on the images so far, correct the features for their
+            # drift, invert again from those images.
+            drift = head_input_drift(model, result.images.view(view.num_updates, per_update, *model.in_shape).to(device),
+                                     labels.to(device), view.local_steps, view.local_lr).cpu()
+            recovery = correct_for_drift(recovery, drift, view.gradients[f"{owner}.weight"].cpu(),
+                                         view.gradients[f"{owner}.bias"].cpu(), head.weight.cpu(), head.bias.cpu(),
+                                         view.local_lr)
+            seconds = result.seconds
+            result = self._invert(view, recovery, labels, seeds, ids, progress, update_iterations,
+                                  start=result.images)
+            result.seconds += seconds
+        self.recovery["drift_rounds"] = drift_rounds
         if not self.refine_iterations:
             return result
         refine = GradientMatchingProblem(
@@ -527,6 +663,7 @@ class HeadInversion(RowOptimisation):
                                     if per_update == 1 else labels.to(device),
                                     [view.gradients[n].to(device) for n in refine.names], refine,
                                     torch.zeros(group_shape, device=device))
+        targets, index = self.recovery["features"], self.recovery["stage"]
         features = FeatureMatching(model, targets.reshape(-1, targets.shape[-1]).float().to(device), 0.0,
                                    self.feature_loss, index.to(device))
         combined = FeatureAndGradientMatching(matching, features, self.refine_feature_weight, per_update)

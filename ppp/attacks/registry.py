@@ -8,6 +8,7 @@ from ppp.attacks.analytic import AnalyticEncoderInversion
 from ppp.attacks.head import HeadInversion
 from ppp.attacks.inverting_gradients import InvertingGradients
 from ppp.attacks.latent import LatentInvertingGradients
+from ppp.attacks.surrogate import SurrogateModelExtension
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ ATTACKS: dict[str, AttackSpec] = {
     "latent": AttackSpec(LatentInvertingGradients, needs_precode=True),
     "analytic": AttackSpec(AnalyticEncoderInversion, needs_precode=True),
     "head": AttackSpec(HeadInversion),
+    # FedAvg: one gradient at a surrogate between the client's start and end weights (ppp.attacks.surrogate)
+    "sme": AttackSpec(SurrogateModelExtension, dict(selection="all")),
+    "sme_targeted": AttackSpec(SurrogateModelExtension, dict(selection="before_precode"), needs_precode=True),
 }
 
 

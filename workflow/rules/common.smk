@@ -32,7 +32,7 @@ wildcard_constraints:
     defense="|".join(DEFENSES),
     sigma=r"[0-9][0-9.e+-]*",
     state="init|trained",
-    client=r"b[0-9]+s[0-9]+",
+    client=r"b[0-9]+s[0-9]+(?:lr[0-9][0-9.e+-]*)?",
     attack="[a-z_]+",
 
 
@@ -64,7 +64,8 @@ def variant_of(defense):
 
 
 def client_names(arch):
-    """The client settings (b<images>s<local steps>) swept on one architecture."""
+    """The client settings swept on one architecture: b<images>s1 (FedSGD), b<images>s<local steps>lr<local lr>
+    (FedAvg, e.g. b4s2lr0.1)."""
     return [setting.name for setting in client_settings(config, arch)]
 
 
