@@ -10,7 +10,8 @@ each cell one batched attack through ppp-bench's code path (ppp.bench, the model
 settings of config/gpu.yaml): IG on the undefended model; IG, the targeted attack and the analytic attack
 on PRECODE; IG, the targeted, the latent and the analytic attack on PPP at one sigma per architecture
 (the middle of config/gpu.yaml's grid); and the head attack on 4-image updates of the undefended, PRECODE and
-PPP models (issue 24). One JSON line per cell: arch, width, defense, sigma, attack, median
+PPP models (issue 24); on FedAvg updates (4 images, 2 local steps, issue 31) the surrogate-model attack
+on the undefended model, its targeted form on PRECODE, and the head attack with drift correction. One JSON line per cell: arch, width, defense, sigma, attack, median
 PSNR and SSIM, seconds, victim-iterations per second, peak GPU memory (MB, torch's allocator), engine, and
 GFLOP per victim-iteration with the achieved GFLOP/s where they are counted; then one line with the total
 elapsed time. Cells run most informative first (IG undefended, then the targeted attack on PRECODE, ...,
@@ -64,20 +65,33 @@ CELLS = (
     ("none", "head"),
     ("precode", "head"),
     ("ppp", "head"),
+    # FedAvg (4 images, 2 local steps at config/gpu.yaml's local lr; issue 31): the attacks that cost one
+    # gradient per iteration whatever the steps, on the undefended and PRECODE models.
+    ("none", "sme"),
+    ("precode", "sme_targeted"),
+    ("none", "head_fedavg"),
 )
 HEAD_IMAGES_PER_UPDATE = 4
+FEDAVG_STEPS, FEDAVG_LR = 2, 0.1
+# The FedAvg head attack: two rounds of drift correction (config/gpu.yaml's FedAvg settings).
+HEAD_FEDAVG_OPTIONS = {"drift_rounds": 2, "tv_weight": 0.002}
 
 
 def plan(iterations: int | None = None, width: int = WIDTH, victims: int = VICTIMS) -> list[dict]:
     """The cells the check runs, in order."""
     cells = []
-    for defense, attack in CELLS:
+    for defense, name in CELLS:
+        fedavg = name in ("sme", "sme_targeted", "head_fedavg")
+        attack = "head" if name == "head_fedavg" else name
         for arch in ARCHS:
             budget = iterations or (ANALYTIC_ITERATIONS if attack in ("analytic", "head") else ITERATIONS[arch])
+            grouped = (attack == "head" or fedavg) and victims >= 4
             cells.append(dict(arch=arch, width=width, dataset=DATASET, defense=defense,
                               sigma=PPP_SIGMA[arch] if defense == "ppp" else 0.0, attack=attack,
                               victims=victims, iterations=budget,
-                              images_per_update=HEAD_IMAGES_PER_UPDATE if attack == "head" and victims >= 4 else 1))
+                              images_per_update=HEAD_IMAGES_PER_UPDATE if grouped else 1,
+                              local_steps=FEDAVG_STEPS if fedavg else 1, local_lr=FEDAVG_LR if fedavg else 0.01,
+                              options=HEAD_FEDAVG_OPTIONS if name == "head_fedavg" else {}))
     return cells
 
 
@@ -85,7 +99,8 @@ def bench_args(cell: dict, device: str, threads: int, config: Path) -> dict:
     """The options ppp-bench's parser would produce for this cell in batched mode."""
     return dict(arch=cell["arch"], dataset=cell["dataset"], defense=cell["defense"], sigma=cell["sigma"],
                 attack=cell["attack"], victims=cell["victims"], images_per_update=cell.get("images_per_update", 1),
-                local_steps=1, local_lr=0.01,
+                local_steps=cell.get("local_steps", 1), local_lr=cell.get("local_lr", 0.01),
+                option=dict(cell.get("options", {})),
                 labels=None, iterations=[cell["iterations"]], device=device, mode="batched", engine="auto",
                 batch_size=None, width=cell["width"], config=str(config), model_mode=None, precode_code=None,
                 tv_weight=None, precision=None, lr=None, restarts=None, init=None, keep_encoder=None,
@@ -102,7 +117,9 @@ def run_cell(cell: dict, device: str, threads: int, config: Path) -> dict:
     cuda = line["device"].startswith("cuda")
     return dict(
         arch=cell["arch"], width=line["width"], dataset=cell["dataset"], defense=cell["defense"],
-        sigma=cell["sigma"], attack=cell["attack"], images_per_update=cell.get("images_per_update", 1), victims=line["victims"], iterations=line["iterations"],
+        sigma=cell["sigma"], attack=cell["attack"], images_per_update=cell.get("images_per_update", 1),
+        local_steps=cell.get("local_steps", 1), options=cell.get("options", {}), victims=line["victims"],
+        iterations=line["iterations"],
         median_psnr=line["median_psnr"], median_ssim=line["median_ssim"], mean_psnr=line["mean_psnr"],
         seconds=seconds, victim_iterations_per_second=line["victim_iterations_per_second"],
         ms_per_iteration=round(1000 * seconds / line["iterations"], 3),

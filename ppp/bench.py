@@ -112,7 +112,8 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
         model = build_model(args["arch"], images.shape[1:], facts["num_classes"], facts["mean"], facts["std"],
                             precode, settings["model_options"]).to(device)
     set_model_mode(model, settings["model_mode"])
-    setting = ClientSetting(args["images_per_update"], args["local_steps"], args["local_lr"])
+    setting = ClientSetting(args["images_per_update"], args["local_steps"], args["local_lr"],
+                            args.get("local_batch") or 0)
     updates = form_updates(images.shape[0], setting.images)
     images, labels = images[:len(updates) * setting.images], labels[:len(updates) * setting.images]
     per_victim = []
@@ -127,7 +128,7 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
         return ServerView(model, {n: g[rows] for n, g in gradients.items()},
                           labels.view(len(updates), -1)[rows].flatten() if known else None, settings["model_mode"],
                           images_per_update=setting.images, local_steps=setting.local_steps,
-                          local_lr=setting.local_lr)
+                          local_lr=setting.local_lr, local_batch=setting.local_batch)
     selection = ATTACKS[args["attack"]].fixed.get("selection")
     flops = None  # counted for the gradient-matching attacks with a fixed selection
     if selection is not None and setting.is_single_gradient:
@@ -180,7 +181,8 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
             restarts=settings["attack"].get("restarts"), precode_code=settings["attack"].get("precode_code"),
             keep_encoder=settings["attack"].get("keep_encoder"), precision=settings["attack"].get("precision", "float32"),
             images_per_update=setting.images, local_steps=setting.local_steps,
-            local_lr=setting.local_lr if setting.local_steps > 1 else None, updates=len(updates),
+            local_lr=setting.local_lr if setting.local_steps > 1 else None, local_batch=setting.local_batch,
+            updates=len(updates),
             labels="known" if known else "inferred",
             label_accuracy=None if known or bool((used_labels < 0).any())
             else round(float(label_accuracy(used_labels, labels, setting.images).mean()), 4),
@@ -220,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-per-update", type=int, default=1, help="images in one client update")
     parser.add_argument("--local-steps", type=int, default=1, help="local SGD steps per update (FedAvg > 1)")
     parser.add_argument("--local-lr", type=float, default=0.01, help="the client's local learning rate")
+    parser.add_argument("--local-batch", type=int, default=0,
+                        help="images per local step (FedAvg on mini-batches; default 0: all of the update's)")
     parser.add_argument("--labels", default=None, choices=["known", "inferred"], help="override the preset's")
     parser.add_argument("--iterations", type=_int_list, default=None,
                         help="attack iterations; a comma list (50,100,200) runs one attack per budget "

@@ -31,7 +31,8 @@ from ppp.gradients import shared_gradient
 from ppp.models import StagedNet
 
 # b<images>s<local steps>, and for FedAvg lr<local lr> (e.g. b4s2lr0.1): a float as Python's `g` format writes it.
-SETTING_PATTERN = re.compile(r"^b(\d+)s(\d+)(?:lr([0-9][0-9.e+-]*))?$")
+# FedAvg on mini-batches adds m<images per local step> (b4s2lr0.1m2: 2 mini-batches of 2).
+SETTING_PATTERN = re.compile(r"^b(\d+)s(\d+)(?:lr([0-9][0-9.e+-]*))?(?:m(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,17 @@ class ClientSetting:
     images: int = 1
     local_steps: int = 1
     local_lr: float = 0.01
+    # Images per local step (FedAvg): 0 is full batch; else the images split into consecutive mini-batches
+    # of this size, visited in turn, one per step (local_batches).
+    local_batch: int = 0
 
     def __post_init__(self):
         if self.images < 1 or self.local_steps < 1:
             raise ValueError(f"client update: images and local_steps must be >= 1, got {self.images}, "
                              f"{self.local_steps}")
+        if self.local_batch and (self.local_batch < 1 or self.images % self.local_batch or self.local_steps == 1):
+            raise ValueError(f"client local_batch must divide the {self.images} images of a FedAvg update, got "
+                             f"{self.local_batch}")
         if self.local_steps > 1 and not self.local_lr > 0:
             raise ValueError(f"client local_lr must be > 0 for FedAvg, got {self.local_lr}")
 
@@ -56,7 +63,13 @@ class ClientSetting:
         sweep FedAvg at several rates, and each is its own setting (paths, rules, verdicts)."""
         if self.local_steps == 1:
             return f"b{self.images}s1"
-        return f"b{self.images}s{self.local_steps}lr{self.local_lr:g}"
+        batches = f"m{self.local_batch}" if self.local_batch and self.local_batch < self.images else ""
+        return f"b{self.images}s{self.local_steps}lr{self.local_lr:g}{batches}"
+
+    @property
+    def batches(self) -> list[list[int]] | None:
+        """The images of every local step (None: all of them at every step)."""
+        return local_batches(self.images, self.local_batch, self.local_steps)
 
     @property
     def key_lr(self) -> float:
@@ -78,6 +91,7 @@ class ClientSetting:
             raise ValueError(f"client setting {name!r} is not of the form b<images>s<local steps> "
                              "(FedAvg: b<images>s<local steps>lr<local lr>, e.g. b4s2lr0.1)")
         images, steps, lr = int(match.group(1)), int(match.group(2)), match.group(3)
+        batch = int(match.group(4)) if match.group(4) else 0
         if lr is not None:
             if steps == 1:
                 raise ValueError(f"client setting {name!r}: one local step (FedSGD) takes no lr; name it b{images}s1")
@@ -85,7 +99,21 @@ class ClientSetting:
                 local_lr = float(lr)
             except ValueError:
                 raise ValueError(f"client setting {name!r}: {lr!r} is not a learning rate") from None
-        return cls(images, steps, float(local_lr))
+        return cls(images, steps, float(local_lr), batch)
+
+
+def step_images(batches: list[list[int]] | None, step: int) -> slice:
+    """The images of local step `step` as a slice (the mini-batches are consecutive; None: all)."""
+    return slice(None) if batches is None else slice(batches[step][0], batches[step][-1] + 1)
+
+
+def local_batches(images: int, local_batch: int, local_steps: int) -> list[list[int]] | None:
+    """The images (indices) of each of `local_steps` local steps: consecutive mini-batches of `local_batch`,
+    visited in turn (the client's data loader without shuffling); None where every step takes all."""
+    if not local_batch or local_batch >= images:
+        return None
+    groups = [list(range(start, start + local_batch)) for start in range(0, images, local_batch)]
+    return [groups[step % len(groups)] for step in range(local_steps)]
 
 
 def form_updates(num_victims: int, images: int) -> list[list[int]]:
@@ -116,7 +144,7 @@ def client_update(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, 
             return _dp_gradient(model, images, labels, defense, noise_generator)
         return defense(shared_gradient(model, images, labels), groups, noise_generator)
     update = local_training_update(model, images, labels, setting.local_steps, setting.local_lr,
-                                   defense if defense.per_example else None, noise_generator)
+                                   defense if defense.per_example else None, noise_generator, setting.batches)
     if defense.per_example:
         return update  # DP-SGD's noise is inside every step
     return defense(update, groups, noise_generator)
@@ -124,17 +152,20 @@ def client_update(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, 
 
 def local_training_update(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, local_steps: int,
                           local_lr: float, dpsgd: DPSGD | None = None,
-                          noise_generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                          noise_generator: torch.Generator | None = None,
+                          batches: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """FedAvg's pseudo-gradient (w_0 - w_S) / (local_lr * S) after S SGD steps on all of `images`
-    (each step DP-SGD's noised, clipped gradient where `dpsgd` is given); the weights are restored."""
+    (each step DP-SGD's noised, clipped gradient where `dpsgd` is given; each step on its mini-batch of
+    `batches`, else on all); the weights are restored."""
     params = dict(model.named_parameters())
     start = {n: p.detach().clone() for n, p in params.items()}
     try:
-        for _ in range(local_steps):
+        for k in range(local_steps):
+            chosen = step_images(batches, k)
             if dpsgd is not None:
-                step = _dp_gradient(model, images, labels, dpsgd, noise_generator)
+                step = _dp_gradient(model, images[chosen], labels[chosen], dpsgd, noise_generator)
             else:
-                step = shared_gradient(model, images, labels)
+                step = shared_gradient(model, images[chosen], labels[chosen])
             with torch.no_grad():
                 for name, p in params.items():
                     p.sub_(local_lr * step[name])
@@ -147,35 +178,39 @@ def local_training_update(model: StagedNet, images: torch.Tensor, labels: torch.
 
 
 def simulated_update(model: StagedNet, pixels: torch.Tensor, labels: torch.Tensor, names: list[str],
-                     local_steps: int, local_lr: float, create_graph: bool = True) -> dict[str, torch.Tensor]:
+                     local_steps: int, local_lr: float, create_graph: bool = True,
+                     batches: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """The server's differentiable simulation of an undefended client update on `pixels` (B, C, H, W):
-    the gradient for one step, the FedAvg pseudo-gradient for more; keyed by `names`."""
+    the gradient for one step, the FedAvg pseudo-gradient for more (each step on its mini-batch of
+    `batches`, else on all); keyed by `names`."""
     if local_steps == 1:
         return shared_gradient(model, pixels, labels, create_graph=create_graph, names=names)
-    return simulated_local_training(model, pixels, labels, names, local_steps, local_lr, create_graph)
+    return simulated_local_training(model, pixels, labels, names, local_steps, local_lr, create_graph, batches)
 
 
 def simulated_local_training(model: StagedNet, pixels: torch.Tensor, labels: torch.Tensor, names: list[str],
-                             local_steps: int, local_lr: float, create_graph: bool = True) -> dict[str, torch.Tensor]:
+                             local_steps: int, local_lr: float, create_graph: bool = True,
+                             batches: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """The FedAvg pseudo-gradient of `local_training_update`, differentiable in `pixels`."""
     weights = dict(model.named_parameters())
     order = list(weights)
 
-    def step_gradients(current):
-        loss = _functional_loss(model, current, pixels, labels)
+    def step_gradients(current, step):
+        chosen = step_images(batches, step)
+        loss = _functional_loss(model, current, pixels[chosen], labels[chosen])
         return dict(zip(order, torch.autograd.grad(loss, [current[n] for n in order], create_graph=create_graph)))
 
     return _mean_step_gradient(step_gradients, weights, names, local_steps, local_lr)
 
 
-def _mean_step_gradient(step_gradients: Callable[[dict], dict], weights: dict[str, torch.Tensor], names: list[str],
+def _mean_step_gradient(step_gradients: Callable[[dict, int], dict], weights: dict[str, torch.Tensor], names: list[str],
                         local_steps: int, local_lr: float) -> dict[str, torch.Tensor]:
     """(w_0 - w_S) / (lr S), the FedAvg pseudo-gradient, as the mean of the S steps' gradients: summed
     directly, with no update after the last step, it takes half the passes over the (large) weight tensors
     that differencing the weights does, forward and backward."""
     total: dict[str, torch.Tensor] = {}
     for step in range(local_steps):
-        grads = step_gradients(weights)
+        grads = step_gradients(weights, step)
         total = {n: grads[n] if step == 0 else total[n] + grads[n] for n in names}
         if step < local_steps - 1:
             weights = {n: torch.add(w, grads[n], alpha=-local_lr) for n, w in weights.items()}
@@ -190,15 +225,16 @@ def _functional_loss(model: StagedNet, weights: dict[str, torch.Tensor], pixels:
 
 def functional_update(model: StagedNet, weights: dict[str, torch.Tensor], pixels: torch.Tensor,
                       labels: torch.Tensor, names: list[str], local_steps: int,
-                      local_lr: float) -> dict[str, torch.Tensor]:
+                      local_lr: float, batches: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """`simulated_local_training` in torch.func's functional form (for vmap): the FedAvg pseudo-gradient
     after `local_steps` steps from `weights` (all parameters), keyed by `names`."""
     from torch.func import grad
 
-    def loss_of(current):
-        return _functional_loss(model, current, pixels, labels)
+    def step_gradients(current, step):
+        chosen = step_images(batches, step)
+        return grad(lambda w: _functional_loss(model, w, pixels[chosen], labels[chosen]))(current)
 
-    return _mean_step_gradient(grad(loss_of), dict(weights), names, local_steps, local_lr)
+    return _mean_step_gradient(step_gradients, dict(weights), names, local_steps, local_lr)
 
 
 def dpsgd_epsilon(noise_multiplier: float, steps: int, delta: float, sample_rate: float = 1.0) -> float:

@@ -279,7 +279,7 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
         # The server sees labels only where the config says it knows them.
         view = ServerView(model, gradients, labels if attack.labels == "known" else None, model_mode,
                           images_per_update=setting.images, local_steps=setting.local_steps if told else 1,
-                          local_lr=setting.local_lr)
+                          local_lr=setting.local_lr, local_batch=setting.local_batch if told else 0)
         seeds = [cells[i].seed for i, n in zip(members, counts) for _ in range(n)]
         victim_ids = [u for n in counts for u in range(n)]
         bounds = [sum(counts[:k]) for k in range(len(counts) + 1)]
@@ -351,7 +351,8 @@ def _rows_of(view: ServerView, rows: list[int]) -> ServerView:
     """The server's view of some of its updates (in that order, repeats allowed)."""
     labels = None if view.labels is None else view.labels.view(view.num_updates, -1)[rows].flatten()
     return ServerView(view.model, {n: g[rows] for n, g in view.gradients.items()}, labels, view.model_mode,
-                      images_per_update=view.images_per_update, local_steps=view.local_steps, local_lr=view.local_lr)
+                      images_per_update=view.images_per_update, local_steps=view.local_steps, local_lr=view.local_lr,
+                      local_batch=view.local_batch)
 
 
 def _with_rows_again(view: ServerView, rows: list[int]) -> ServerView:

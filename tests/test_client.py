@@ -449,19 +449,21 @@ def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
         validate_config(config)
     config = yaml.safe_load(open("config/config.yaml"))
     validate_config(config)
-    assert [s.name for s in client_settings(config, "mlp")] == ["b1s1", "b4s1"]
-    assert [s.name for s in client_settings(config, "lenet")] == ["b1s1", "b4s1", "b4s2lr0.1"]
+    assert [s.name for s in client_settings(config, "mlp")] == ["b1s1", "b4s1", "b4s2lr0.1"]
+    assert [s.name for s in client_settings(config, "lenet")] == ["b1s1", "b4s1", "b4s2lr0.1", "b4s2lr0.01"]
     assert client_victims(config, "mlp", "b4s1") == 16 and client_victims(config, "lenet", "b1s1") == 16
     # LeNet's batches run the head attack alone; a setting's attacks are cut to the preset's list.
-    assert client_attacks(config, "lenet", "b4s2lr0.1") == ["head"]
+    assert client_attacks(config, "lenet", "b4s2lr0.1") == ["head"] == client_attacks(config, "lenet", "b4s2lr0.01")
+    assert client_defenses(config, "lenet", "b4s2lr0.01") == ["none", "precode", "ppp", "ppp_encoder"]
+    assert client_attacks(config, "mlp", "b4s2lr0.1") == ["ig", "ig_targeted", "analytic"]
     assert "head" not in client_attacks(config, "mlp", "b1s1")
     assert client_attacks({**config, "attacks": ["ig"]}, "lenet", "b4s1") == []
     bad = yaml.safe_load(open("config/config.yaml"))
     bad["client"]["per_arch"]["lenet"]["updates"][1]["attacks"] = ["heads"]
     with pytest.raises(ConfigError, match=r"setting b4s1 of lenet lists unknown attacks \['heads'\]"):
         validate_config(bad)
-    config["client"]["per_arch"]["mlp"]["updates"].append(
-        {"images": 4, "local_steps": 2, "victims": 4, "defenses": ["none", "precode"]})  # as config/gpu.yaml
+    config["client"]["per_arch"]["mlp"]["updates"][2:] = [
+        {"images": 4, "local_steps": 2, "victims": 4, "defenses": ["none", "precode"]}]  # as config/gpu.yaml
     validate_config(config)
     assert client_victims(config, "mlp", "b4s2lr0.1") == 4
     assert client_defenses(config, "mlp", "b4s2lr0.1") == ["none", "precode"]
@@ -515,3 +517,41 @@ def test_a_client_setting_sets_its_own_attack_budget_over_the_architectures():
     own["attack"] = {"iterations": 0}  # a bad value is named as such, not as an unknown key
     with pytest.raises(ConfigError, match="0 is less than the minimum of 1"):
         validate_config(config)
+
+
+def test_fedavg_on_mini_batches_visits_them_in_turn_and_the_server_simulates_it(mnist_victims):
+    """2 mini-batches of 2 (b4s3lr0.05m2): steps take images 0-1, 2-3, 0-1; the client's pseudo-gradient is
+    the plain SGD run's on those batches, and both server simulations reproduce it."""
+    from ppp.client import local_batches
+    assert local_batches(4, 2, 3) == [[0, 1], [2, 3], [0, 1]] and local_batches(4, 0, 3) is None
+    setting = ClientSetting(4, 3, 0.05, local_batch=2)
+    assert setting.name == "b4s3lr0.05m2" and ClientSetting.parse(setting.name) == setting
+    assert ClientSetting(4, 3, 0.05, local_batch=4).name == "b4s3lr0.05"
+    with pytest.raises(ValueError, match="local_batch must divide"):
+        ClientSetting(4, 3, 0.05, local_batch=3)
+    images, labels = mnist_victims[0][:4], mnist_victims[1][:4]
+    model = _model()
+    client = local_training_update(model, images, labels, 3, 0.05, batches=setting.batches)
+    # By hand: plain SGD on the batches in turn.
+    params = dict(model.named_parameters())
+    start = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        for rows in ([0, 1], [2, 3], [0, 1]):
+            with torch.enable_grad():
+                step = shared_gradient(model, images[rows], labels[rows])
+            for n, p in params.items():
+                p.sub_(0.05 * step[n])
+        by_hand = {n: (start[n] - p) / 0.15 for n, p in params.items()}
+        for n, p in params.items():
+            p.copy_(start[n])
+    full = local_training_update(model, images, labels, 3, 0.05)
+    names = list(client)
+    weights = {n: p.detach() for n, p in model.named_parameters()}
+    simulated = simulated_local_training(model, images, labels, names, 3, 0.05, create_graph=False,
+                                         batches=setting.batches)
+    functional = functional_update(model, weights, images, labels, names, 3, 0.05, setting.batches)
+    for name in names:
+        assert torch.allclose(client[name], by_hand[name], rtol=1e-4, atol=1e-6), name
+        assert torch.allclose(simulated[name], client[name], rtol=1e-4, atol=1e-6), name
+        assert torch.allclose(functional[name], client[name], rtol=1e-4, atol=1e-6), name
+    assert not torch.allclose(full[names[0]], client[names[0]], rtol=1e-3)

@@ -55,12 +55,17 @@ def test_the_plan_is_convnet_and_resnet18_at_width_64_on_cifar10():
                 for arch in ("convnet", "resnet18")}
     wanted = {("none", "ig"), ("precode", "ig"), ("precode", "ig_targeted"), ("precode", "analytic"),
               ("ppp", "ig"), ("ppp", "ig_targeted"), ("ppp", "latent"), ("ppp", "analytic"),
-              ("none", "head"), ("precode", "head"), ("ppp", "head")}
+              ("none", "head"), ("precode", "head"), ("ppp", "head"),
+              ("none", "sme"), ("precode", "sme_targeted")}
     assert per_arch == {"convnet": wanted, "resnet18": wanted}
-    assert len(cells) == 22
+    assert len(cells) == 28
+    fedavg = [c for c in cells if c["local_steps"] > 1]
+    assert {(c["defense"], c["attack"]) for c in fedavg} == {("none", "sme"), ("precode", "sme_targeted"), ("none", "head")}
+    assert all(c["images_per_update"] == 4 for c in fedavg)
+    assert [c["options"] for c in fedavg if c["attack"] == "head"] == [{"drift_rounds": 2, "tv_weight": 0.002}] * 2
     # The head attack on client updates of 4 images; every other cell on one image per update.
     assert {c["images_per_update"] for c in cells if c["attack"] == "head"} == {4}
-    assert {c["images_per_update"] for c in cells if c["attack"] != "head"} == {1}
+    assert {c["images_per_update"] for c in cells if c["attack"] != "head" and c["local_steps"] == 1} == {1}
     # One PPP sigma per architecture, inside config/gpu.yaml's grid; no sigma elsewhere.
     grid = yaml.safe_load((REPO / "config" / "gpu.yaml").read_text())["noise"]["per_arch"]
     for arch in ("convnet", "resnet18"):
@@ -70,7 +75,8 @@ def test_the_plan_is_convnet_and_resnet18_at_width_64_on_cifar10():
     # The most informative cells first: IG on the undefended models, then the targeted attack on PRECODE.
     assert [(c["defense"], c["attack"]) for c in cells[:4]] == [("none", "ig")] * 2 + [("precode", "ig_targeted")] * 2
     # Budgets that fit 8 minutes on one GPU by the projection in the script's docstring.
-    assert sum(c["iterations"] for c in cells if c["attack"] not in ("analytic", "head")) <= 6 * 800 + 6 * 1000
+    # The surrogate-model cells' iteration is one gradient of a 4-image row: counted like IG's.
+    assert sum(c["iterations"] for c in cells if c["attack"] not in ("analytic", "head")) <= 8 * 800 + 8 * 1000
 
 
 def test_a_smoke_run_on_the_cpu_runs_every_cell():
@@ -79,14 +85,15 @@ def test_a_smoke_run_on_the_cpu_runs_every_cell():
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     cells, total = lines[:-1], lines[-1]
-    assert len(cells) == 22
+    assert len(cells) == 28
     for cell in cells:
         assert "error" not in cell and "skipped" not in cell, cell
         assert CELL_KEYS <= set(cell), CELL_KEYS - set(cell)
         assert cell["width"] == 8 and cell["iterations"] == 2 and cell["victims"] == 2
     assert {c["engine"] for c in cells if c["attack"] == "analytic"} == {"batched"}
-    assert {c["engine"] for c in cells if c["attack"] not in ("analytic", "head")} == {"per_layer"}
-    assert total["gpu_check"] == "done" and total["cells"] == 22 and total["failed"] == 0
+    assert {c["engine"] for c in cells if c["attack"] not in ("analytic", "head", "sme", "sme_targeted")} == {"per_layer"}
+    assert {c["engine"] for c in cells if c["attack"] in ("sme", "sme_targeted")} == {"loop"}
+    assert total["gpu_check"] == "done" and total["cells"] == 28 and total["failed"] == 0
     assert total["total_seconds"] > 0
 
 
@@ -101,7 +108,7 @@ def test_the_gpu_preset_validates_alone_and_merged_over_the_default():
     config = merged_config([str(REPO / "config" / "gpu.yaml")])  # as snakemake --configfile merges it
     assert config["archs"] == ["mlp", "lenet", "convnet", "resnet18"]
     assert config["models"]["convnet"]["width"] == 64 and config["models"]["resnet18"]["width"] == 64
-    assert config["attacks"] == ["ig", "ig_targeted", "latent", "analytic", "head"]
+    assert config["attacks"] == ["ig", "ig_targeted", "latent", "analytic", "head", "sme", "sme_targeted"]
     assert config["defenses"] == ["none", "noise", "precode", "ppp", "ppp_encoder", "dpsgd"]
     assert config["device"] == "auto"
     # The default's MLP sweep is replaced, not merged into (gpu.yaml names its own, with 8 images).

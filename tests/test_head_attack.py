@@ -261,3 +261,28 @@ def test_drift_rounds_improve_the_head_attack_on_a_fedavg_update(mnist_victims):
         result = attack(view, seed=0)
         ssim[rounds] = _ssim(images, result.images[match_reconstructions(images, result.images)]).median()
     assert ssim[2] > ssim[0] + 0.1 and ssim[2] > 0.7, ssim
+
+
+def test_drift_correction_follows_fedavg_on_mini_batches(mnist_victims):
+    """2 mini-batches of 2 over 2 steps: each image is in one step's batch; given the replayed drift, the
+    first step's head inputs follow (the fixed-features fit, blind to the batches' order, does not)."""
+    from ppp.attacks.head import correct_for_drift, head_input_drift
+    from ppp.client import local_batches
+    images, labels = mnist_victims[0][:4], torch.tensor([[0, 1, 2, 3]])
+    model = _lenet(precode=False)
+    batches = local_batches(4, 2, 2)
+    _, head = head_module(model)
+    seen = []
+    hook = head.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().double()))
+    with torch.no_grad():
+        model(images)
+    hook.remove()
+    update = client_update(model, images, labels[0], ClientSetting(4, 2, 0.01, local_batch=2), build_defense("none"),
+                           torch.Generator().manual_seed(0))
+    weight, bias = update["stages.head.weight"][None], update["stages.head.bias"][None]
+    drift = head_input_drift(model, images[None], labels, 2, 0.01, batches)
+    fixed = recover_head_inputs(weight, bias, head.weight, head.bias, labels, starts=2, local_steps=2, local_lr=0.01,
+                                batches=batches)
+    corrected = correct_for_drift(fixed, drift, weight, bias, head.weight, head.bias, 0.01, batches=batches)
+    assert _relative_error(corrected.features, seen[0][None]) < 2e-3
+    assert float(corrected.residual[0]) < 1e-4

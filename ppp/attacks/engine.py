@@ -29,7 +29,7 @@ from ppp.attacks.labels import LABEL_STRATEGIES, infer_update_labels
 from ppp.hardware import resolve_precision
 from ppp.attacks.objectives import cosine_distance, total_variation, total_variation_rows
 from ppp.attacks.per_layer import PerLayerObjective, row_selector, unsupported_reason
-from ppp.client import functional_update, simulated_update
+from ppp.client import functional_update, local_batches, simulated_update
 from ppp.gradients import no_running_stats, set_model_mode
 from ppp.models import StagedNet
 from ppp.precode import code_mode, given_noise
@@ -51,6 +51,12 @@ class ServerView:
     images_per_update: int = 1
     local_steps: int = 1
     local_lr: float = 0.01
+    local_batch: int = 0  # images per local step (0: all; ppp.client.ClientSetting.local_batch)
+
+    @property
+    def local_batches(self) -> list[list[int]] | None:
+        """The images of every local step, as the client takes them (None: all at every step)."""
+        return local_batches(self.images_per_update, self.local_batch, self.local_steps)
 
     @property
     def num_updates(self) -> int:
@@ -111,6 +117,7 @@ class GradientMatchingProblem:
     # The client's update as the server simulates it (ppp.client.simulated_update).
     local_steps: int = 1
     local_lr: float = 0.01
+    local_batches: list[list[int]] | None = None  # the images of every local step (None: all)
 
 
 def multistep_lr(base_lr: float, milestones: list[int], step: int, gamma: float = 0.1) -> float:
@@ -164,10 +171,11 @@ class RowObjective:
     evaluates one row after another through autograd. Both compute the same function."""
 
     def __init__(self, model: StagedNet, names: list[str], labels: torch.Tensor, targets: list[torch.Tensor],
-                 tv_weight: float, local_steps: int = 1, local_lr: float = 0.01):
+                 tv_weight: float, local_steps: int = 1, local_lr: float = 0.01,
+                 local_batches: list[list[int]] | None = None):
         self.model, self.names, self.labels, self.targets = model, names, labels, targets
         self.tv_weight = tv_weight
-        self.local_steps, self.local_lr = local_steps, local_lr
+        self.local_steps, self.local_lr, self.local_batches = local_steps, local_lr, local_batches
         self.mean, self.std = model.mean[0], model.std[0]
 
     def gradient_loss(self, x_row: torch.Tensor, row: int, create_graph: bool,
@@ -180,7 +188,7 @@ class RowObjective:
         noise = None if latent_row is None else (latent_row.unsqueeze(0) if single else latent_row)
         with given_noise(self.model, noise) if noise is not None else contextlib.nullcontext():
             grads = simulated_update(self.model, pixels, labels, self.names, self.local_steps, self.local_lr,
-                                     create_graph=create_graph)
+                                     create_graph=create_graph, batches=self.local_batches)
         return cosine_distance([grads[n] for n in self.names], [t[row] for t in self.targets])
 
     def loop(self, x: torch.Tensor, rows: torch.Tensor, latent: torch.Tensor | None = None) -> tuple:
@@ -213,7 +221,8 @@ class RowObjective:
             pixels = (x_row.unsqueeze(0) if single else x_row) * self.std + self.mean
             labels = label.unsqueeze(0) if single else label
             if self.local_steps > 1:
-                g = functional_update(model, every, pixels, labels, names, self.local_steps, self.local_lr)
+                g = functional_update(model, every, pixels, labels, names, self.local_steps, self.local_lr,
+                                      self.local_batches)
                 return cosine_distance([g[n] for n in names], targets) + self.tv_weight * row_total_variation(x_row)
 
             def training_loss(weights):
@@ -410,7 +419,7 @@ class GradientMatching(RowsObjective):
                  problem: GradientMatchingProblem, x: torch.Tensor):
         images_per_update = 1 if x.dim() == 4 else x.shape[1]
         self.rows = RowObjective(model, problem.names, labels, targets, problem.tv_weight, problem.local_steps,
-                                 problem.local_lr)
+                                 problem.local_lr, problem.local_batches)
         self.chunk_rows = rows_per_chunk(self.rows, x, problem.memory_budget_mb, problem.chunk_rows)
         self.engine = choose_engine(problem.engine, model, problem.names, images_per_update, problem.local_steps,
                                     problem.latent)

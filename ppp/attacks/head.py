@@ -69,25 +69,32 @@ class HeadRecovery:
 
 
 def _output_errors(features: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: torch.Tensor, local_steps: int,
-                   local_lr: float) -> torch.Tensor:
+                   local_lr: float, batches: list[list[int]] | None = None) -> torch.Tensor:
     """Each image's softmax - onehot (S, B, C) at every local step. `features` (S', B, D) are the head's
     inputs per step: S' = S when the fit has each step's own (the exact FedAvg model: the head takes the
     client's steps, and every step reads the features its earlier layers give then), S' = 1 when one set
-    is held fixed over the steps (approximate for FedAvg, where the earlier layers move too)."""
+    is held fixed over the steps (approximate for FedAvg, where the earlier layers move too). With
+    mini-batches (`batches`: the images of every step), an image out of a step's batch has zero error there."""
     out = []
     images = features.shape[1]
     for step in range(local_steps):
         h = features[min(step, features.shape[0] - 1)]
         G = torch.softmax(h @ W.T + b, dim=1) - Y
+        batch = images
+        if batches is not None:
+            taken = torch.zeros(images, 1, dtype=G.dtype)
+            taken[batches[step]] = 1.0
+            G, batch = G * taken, len(batches[step])
         out.append(G)
         if step < local_steps - 1:
-            W = W - local_lr * G.T @ h / images
-            b = b - local_lr * G.sum(0) / images
+            W = W - local_lr * G.T @ h / batch
+            b = b - local_lr * G.sum(0) / batch
     return torch.stack(out)
 
 
 def _residual(A: torch.Tensor, K: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: torch.Tensor,
-              local_steps: int, local_lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              local_steps: int, local_lr: float,
+              batches: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(residual, features, output errors, scales) of one update at A: features and errors (S', B, .) and
     scales (S' * B,), S' = A's rows over the B images (1, or every local step's own)."""
     images = Y.shape[0]
@@ -95,7 +102,7 @@ def _residual(A: torch.Tensor, K: torch.Tensor, V: torch.Tensor, W: torch.Tensor
     rows = rows / rows[:, -1:]
     per_step = rows.shape[0] // images
     features = rows[:, :-1].view(per_step, images, -1)
-    G = _output_errors(features, W, b, Y, local_steps, local_lr)
+    G = _output_errors(features, W, b, Y, local_steps, local_lr, batches)
     if per_step == 1:
         G = G.mean(0, keepdim=True)  # the pseudo-gradient is the steps' mean; the features are fixed
     coords = rows @ V.T  # (S' B, r): each [h, 1] in the basis
@@ -108,9 +115,10 @@ def _residual(A: torch.Tensor, K: torch.Tensor, V: torch.Tensor, W: torch.Tensor
 
 
 def _fit(K: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: torch.Tensor, A: torch.Tensor,
-         steps: int, local_steps: int = 1, local_lr: float = 0.01) -> tuple[torch.Tensor, float]:
+         steps: int, local_steps: int = 1, local_lr: float = 0.01,
+         batches: list[list[int]] | None = None) -> tuple[torch.Tensor, float]:
     """Levenberg-Marquardt on A (S' B x r) for one update; returns (A, relative residual)."""
-    return _levenberg_marquardt(lambda A: _residual(A, K, V, W, b, Y, local_steps, local_lr)[0], A, steps)
+    return _levenberg_marquardt(lambda A: _residual(A, K, V, W, b, Y, local_steps, local_lr, batches)[0], A, steps)
 
 
 def _levenberg_marquardt(residual: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor,
@@ -147,7 +155,7 @@ EXACT_FIT = 1e-5  # relative residual: float32 gradients leave about 1e-7; a wro
 
 def _fit_update(M: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
                 starts: int, steps: int, gen: torch.Generator, local_steps: int,
-                local_lr: float) -> tuple[torch.Tensor, float]:
+                local_lr: float, batches: list[list[int]] | None = None) -> tuple[torch.Tensor, float]:
     """One update's best A over the label rows' start and up to `starts` perturbed ones. With a basis
     of S B rows (FedAvg, every step's features their own), the fixed-features fit starts each step."""
     K = M @ V.T
@@ -161,13 +169,13 @@ def _fit_update(M: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tens
             break
         candidate = start if k == 0 else start + 0.1 * k * scale * torch.randn(start.shape, generator=gen,
                                                                                dtype=torch.float64)
-        A, res = _fit(K, V, W, b, Y, candidate, steps, local_steps, local_lr)
+        A, res = _fit(K, V, W, b, Y, candidate, steps, local_steps, local_lr, batches)
         if per_step:
             # Every step's features from the fixed ones, a little apart so that the steps can separate.
             spread = 1e-3 * A.norm() / len(labels)
             A = torch.cat([A] + [A + spread * torch.randn(A.shape, generator=gen, dtype=torch.float64)
                                  for _ in range(local_steps - 1)])
-            A, res = _fit(K, V, W, b, Y, A, steps, local_steps, local_lr)
+            A, res = _fit(K, V, W, b, Y, A, steps, local_steps, local_lr, batches)
         if res < best:
             best_A, best = A, res
     return best_A, best
@@ -176,7 +184,8 @@ def _fit_update(M: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tens
 def recover_head_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, weight: torch.Tensor,
                         bias: torch.Tensor, labels: torch.Tensor, starts: int = 8, steps: int = 50,
                         seed: int = 0, local_steps: int = 1, local_lr: float = 0.01,
-                        search_labels: bool = False, per_step: bool = False) -> HeadRecovery:
+                        search_labels: bool = False, per_step: bool = False,
+                        batches: list[list[int]] | None = None) -> HeadRecovery:
     """Each image's input to a linear head from the head's shared gradients.
 
     weight_grad (U, C, D), bias_grad (U, C), the head's weight (C, D) and bias (C,), labels (U, B).
@@ -204,7 +213,7 @@ def recover_head_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, weig
         M = stacked[u]
         V = torch.linalg.qr(bases[u].T)[0].T  # orthonormal rows
         current = labels[u].clone()
-        best_A, best = _fit_update(M, V, W, b, current, starts, steps, gen, local_steps, local_lr)
+        best_A, best = _fit_update(M, V, W, b, current, starts, steps, gen, local_steps, local_lr, batches)
         while search_labels and best >= EXACT_FIT:
             trials = []
             for i in range(images):
@@ -212,7 +221,8 @@ def recover_head_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, weig
                     if c != int(current[i]):
                         candidate = current.clone()
                         candidate[i] = c
-                        A, res = _fit_update(M, V, W, b, candidate, 0, steps, gen, local_steps, local_lr)
+                        A, res = _fit_update(M, V, W, b, candidate, 0, steps, gen, local_steps, local_lr,
+                                             batches)
                         trials.append((res, candidate, A))
             res, candidate, A = min(trials, key=lambda trial: trial[0])
             if not res < 0.5 * best:
@@ -220,10 +230,10 @@ def recover_head_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, weig
             best, current, best_A = res, candidate, A
             # The search's fits try one start each; the labels it settles on get every start.
             best_A, best = min([(best_A, best), _fit_update(M, V, W, b, current, starts, steps, gen, local_steps,
-                                                            local_lr)], key=lambda fit: fit[1])
+                                                            local_lr, batches)], key=lambda fit: fit[1])
         used[u] = current
         Y = nn.functional.one_hot(current, classes).double()
-        _, features[u], errors[u], s = _residual(best_A, M @ V.T, V, W, b, Y, local_steps, local_lr)
+        _, features[u], errors[u], s = _residual(best_A, M @ V.T, V, W, b, Y, local_steps, local_lr, batches)
         scales[u] = s.view(fit_steps, images)
         residuals[u] = best
     # A failed fit can divide by a vanishing bias coordinate: keep such rows finite (they are wrong either way).
@@ -289,13 +299,14 @@ def recover_precode_inputs(view: ServerView, recovery: HeadRecovery, rounds: int
 
 
 def head_input_drift(model: StagedNet, images: torch.Tensor, labels: torch.Tensor, local_steps: int,
-                     local_lr: float) -> torch.Tensor:
+                     local_lr: float, batches: list[list[int]] | None = None) -> torch.Tensor:
     """How the head's inputs move over a FedAvg client's local steps on `images` (U, B, C, H, W) with
-    `labels` (U, B): the server replays the steps (full batch, plain SGD, PRECODE at its mean code) and
-    returns every step's head inputs minus the first step's, (U, S, B, D), float64."""
+    `labels` (U, B): the server replays the steps (plain SGD, each on its mini-batch of `batches` or on all,
+    PRECODE at its mean code) and returns every image's head input at every step's weights minus its
+    first, (U, S, B, D), float64."""
     from torch.func import functional_call
 
-    from ppp.client import _functional_loss
+    from ppp.client import _functional_loss, step_images
     from ppp.precode import code_mode
 
     _, head = head_module(model)
@@ -308,17 +319,16 @@ def head_input_drift(model: StagedNet, images: torch.Tensor, labels: torch.Tenso
                 weights = {n: p.detach() for n, p in model.named_parameters()}
                 steps = []
                 for step in range(local_steps):
-                    current = {n: w.requires_grad_(True) if step < local_steps - 1 else w
-                               for n, w in weights.items()}
                     seen.clear()
+                    with torch.no_grad():
+                        functional_call(model, weights, (pixels,))
+                    steps.append(seen[0].flatten(1))
                     if step < local_steps - 1:
-                        loss = _functional_loss(model, current, pixels, update_labels)
+                        current = {n: w.clone().requires_grad_(True) for n, w in weights.items()}
+                        chosen = step_images(batches, step)
+                        loss = _functional_loss(model, current, pixels[chosen], update_labels[chosen])
                         grads = torch.autograd.grad(loss, list(current.values()))
                         weights = {n: (w - local_lr * g).detach() for (n, w), g in zip(current.items(), grads)}
-                    else:
-                        with torch.no_grad():
-                            functional_call(model, current, (pixels,))
-                    steps.append(seen[0].flatten(1))
                 stacked = torch.stack(steps)
                 drift.append(stacked - stacked[:1])
     finally:
@@ -328,21 +338,21 @@ def head_input_drift(model: StagedNet, images: torch.Tensor, labels: torch.Tenso
 
 def correct_for_drift(recovery: HeadRecovery, drift: torch.Tensor, weight_grad: torch.Tensor,
                       bias_grad: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, local_lr: float,
-                      rounds: int = 200, steps: int = 0) -> HeadRecovery:
+                      rounds: int = 200, batches: list[list[int]] | None = None) -> HeadRecovery:
     """The first step's head inputs H_0 of every update, given the inputs' drift D_k over the local steps
     (`head_input_drift` on the images recovered so far). The FedAvg head update is
-    K = (1/(S B)) sum_k G_k^T [H_0 + D_k, 1], every step's output errors G_k from the head's own replayed
-    steps at H_0 + D_k. With the G_k fixed, K is linear in H_0: least squares gives H_0, and H_0 the
-    G_k (`rounds` alternations, from the fixed-features fit). Where that stalls (images of one label
-    have nearly equal G rows), Levenberg-Marquardt finishes it (`steps`): K minus the drift's terms has
-    rank B, so every [H_0, 1] is a combination of its B leading right singular vectors, and the B x B
-    combinations are fitted to the whole of K. Returns a recovery with every step's features."""
+    K = sum_k s_k G_k^T [H_0 + D_k, 1] (s_k = 1/(S n_k), n_k the images of step k: all, or its mini-batch
+    of `batches`), every step's output errors G_k from the head's own replayed steps at H_0 + D_k. With the
+    G_k fixed, K is linear in H_0: least squares gives H_0, and H_0 the G_k, alternately (at most `rounds`
+    times, from the fixed-features fit, until H_0 stops moving). Returns a recovery with every step's
+    features. An update with two images of one label can stall short of the truth, as the fixed fit can."""
     updates, local_steps, images, _ = drift.shape
     labels = recovery.labels
     W, b = weight.detach().double(), bias.detach().double()
     classes = W.shape[0]
     stacked = torch.cat([weight_grad.double(), bias_grad.double().unsqueeze(-1)], dim=-1)  # (U, C, D + 1)
-    scale = 1.0 / (local_steps * images)
+    sizes = [images if batches is None else len(batches[k]) for k in range(local_steps)]
+    step_scale = torch.tensor([1.0 / (local_steps * n) for n in sizes], dtype=torch.float64).view(-1, 1, 1)
     ones = torch.ones(local_steps, images, 1, dtype=torch.float64)
     features = recovery.features.clone().double()
     step_features = torch.empty(updates, local_steps, images, W.shape[1], dtype=torch.float64)
@@ -351,47 +361,22 @@ def correct_for_drift(recovery: HeadRecovery, drift: torch.Tensor, weight_grad: 
     for u in range(updates):
         Y = nn.functional.one_hot(labels[u], classes).double()
         D, K = drift[u].double(), stacked[u]
-        norm = K.norm().clamp_min(1e-300)
-
-        def drift_terms(G: torch.Tensor) -> torch.Tensor:
-            return scale * torch.einsum("kic,kid->cd", G, D)
-
-        def residual_of(H0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            G = _output_errors(H0.unsqueeze(0) + D, W, b, Y, local_steps, local_lr)
-            modelled = scale * torch.einsum("kic,kid->cd", G, torch.cat([H0.unsqueeze(0) + D, ones], dim=-1))
-            return (K - modelled).flatten() / norm, G
-
         H0 = features[u]
         for _ in range(rounds):
-            G = _output_errors(H0.unsqueeze(0) + D, W, b, Y, local_steps, local_lr)
+            G = step_scale * _output_errors(H0.unsqueeze(0) + D, W, b, Y, local_steps, local_lr, batches)
             rhs = K.clone()
-            rhs[:, :-1] -= drift_terms(G)
-            rows = torch.linalg.lstsq(scale * G.sum(0).T, rhs).solution  # (B, D + 1): [H_0, 1] up to scale
+            rhs[:, :-1] -= torch.einsum("kic,kid->cd", G, D)
+            rows = torch.linalg.lstsq(G.sum(0).T, rhs).solution  # (B, D + 1): [H_0, 1] up to each row's scale
             new = torch.nan_to_num(rows[:, :-1] / rows[:, -1:], nan=0.0, posinf=0.0, neginf=0.0).clamp(-1e6, 1e6)
             moved = float((new - H0).norm() / H0.norm().clamp_min(1e-300))
             H0 = new
             if moved < 1e-9:
                 break
-        r, G = residual_of(H0)
-        if steps and float(r.norm()) > EXACT_FIT:
-            rhs = K.clone()
-            rhs[:, :-1] -= drift_terms(G)
-            V = torch.linalg.qr(leading_right_singular_vectors(rhs.unsqueeze(0), images)[0].T)[0].T  # (B, D + 1)
-
-            def residual(A: torch.Tensor) -> torch.Tensor:
-                rows = A @ V
-                return residual_of(rows[:, :-1] / rows[:, -1:])[0]
-
-            start = torch.cat([H0, torch.ones(images, 1, dtype=torch.float64)], dim=1) @ V.T
-            A, _ = _levenberg_marquardt(residual, start, steps)
-            rows = A @ V
-            candidate = torch.nan_to_num(rows[:, :-1] / rows[:, -1:], nan=0.0, posinf=0.0, neginf=0.0)
-            if float(residual_of(candidate)[0].norm()) < float(r.norm()):
-                H0 = candidate
-        r, G = residual_of(H0)
-        residuals[u] = r.norm()
+        G = _output_errors(H0.unsqueeze(0) + D, W, b, Y, local_steps, local_lr, batches)
+        modelled = torch.einsum("kic,kid->cd", step_scale * G, torch.cat([H0.unsqueeze(0) + D, ones], dim=-1))
+        residuals[u] = (K - modelled).norm() / K.norm().clamp_min(1e-300)
         features[u], step_features[u], errors[u] = H0, H0.unsqueeze(0) + D, G
-    scales = torch.full((updates, local_steps, images), scale, dtype=torch.float64)
+    scales = step_scale.view(-1, 1).expand(local_steps, images).expand(updates, -1, -1).clone()
     return HeadRecovery(features, errors, scales, residuals, labels, step_features)
 
 
@@ -632,7 +617,8 @@ class HeadInversion(RowOptimisation):
         recovery = recover_head_inputs(view.gradients[f"{owner}.weight"].cpu(), view.gradients[f"{owner}.bias"].cpu(),
                                        head.weight.cpu(), head.bias.cpu(), labels, starts=self.fit_starts,
                                        seed=fit_seed, local_steps=view.local_steps, local_lr=view.local_lr,
-                                       search_labels=inferred and self.search_labels, per_step=self.per_step)
+                                       search_labels=inferred and self.search_labels, per_step=self.per_step,
+                                       batches=view.local_batches)
         labels = recovery.labels
         seeds = [seed] * view.num_updates if isinstance(seed, int) else list(seed)
         ids = list(range(view.num_updates)) if victim_ids is None else list(victim_ids)
@@ -642,10 +628,10 @@ class HeadInversion(RowOptimisation):
             # FedAvg: replay the client's steps on the images so far, correct the features for their
             # drift, invert again from those images.
             drift = head_input_drift(model, result.images.view(view.num_updates, per_update, *model.in_shape).to(device),
-                                     labels.to(device), view.local_steps, view.local_lr).cpu()
+                                     labels.to(device), view.local_steps, view.local_lr, view.local_batches).cpu()
             recovery = correct_for_drift(recovery, drift, view.gradients[f"{owner}.weight"].cpu(),
                                          view.gradients[f"{owner}.bias"].cpu(), head.weight.cpu(), head.bias.cpu(),
-                                         view.local_lr)
+                                         view.local_lr, batches=view.local_batches)
             seconds = result.seconds
             result = self._invert(view, recovery, labels, seeds, ids, progress, update_iterations,
                                   start=result.images)
@@ -657,7 +643,7 @@ class HeadInversion(RowOptimisation):
             names=select_parameters(model, self.refine_selection), iterations=self.refine_iterations,
             lr=self.refine_lr, tv_weight=self.refine_tv_weight, restarts=1, init=self.init, signed=self.signed,
             boxed=self.boxed, lr_decay=self.lr_decay, precision=self.precision, local_steps=view.local_steps,
-            local_lr=view.local_lr)
+            local_lr=view.local_lr, local_batches=view.local_batches)
         group_shape = (view.num_updates, *((per_update,) if per_update > 1 else ()), *model.in_shape)
         matching = GradientMatching(model, labels.flatten().to(device).view(view.num_updates, -1).squeeze(1)
                                     if per_update == 1 else labels.to(device),

@@ -1,0 +1,66 @@
+"""The FedAvg limits table of benchmarks/README.md ("FedAvg: where each attack stops") from the JSON lines of
+benchmarks/run_fedavg_limits.sh.
+
+    .venv/bin/python benchmarks/fedavg_limits_table.py [benchmarks/results-fedavg-limits.jsonl]
+
+One row per (arch, dataset, local lr, local steps, images per local step): each attack's median SSIM on each draw (draw 0 / draw 1,
+"-" where not run), its seconds per update (the mean over the draws run), and the label accuracy of label
+inference. The best attack of a row is in bold where it reaches F1's bar (0.5 on CIFAR-10, 0.9 on MNIST,
+issue 31) on every draw run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROUTES = ("head_drift", "head", "sme", "ig")
+BAR = {"cifar10": 0.5, "mnist": 0.9}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("jsonl", nargs="?", default="benchmarks/results-fedavg-limits.jsonl")
+    args = parser.parse_args(argv)
+    lines = [json.loads(line) for line in Path(args.jsonl).read_text().splitlines() if line.strip()]
+    failed = [d for d in lines if "error" in d]
+    cells: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
+    for d in lines:
+        if "error" in d:
+            continue
+        key = (d["arch"], d["dataset"], float(d["local_lr"]), int(d["local_steps"]), int(d.get("local_batch") or 0))
+        cells[key][d["route"]][int(d.get("victim_draw") or 0)] = d
+    header = (["arch", "dataset", "local lr", "steps", "images per step"] + [f"{r} SSIM (s/update)" for r in ROUTES]
+              + ["label accuracy"])
+    print("| " + " | ".join(header) + " |")
+    print("| " + " | ".join(["---"] * 5 + ["---:"] * (len(ROUTES) + 1)) + " |")
+    for key in sorted(cells):
+        arch, dataset, lr, steps, batch = key
+        routes = cells[key]
+        best = max(((r, min(d["median_ssim"] for d in routes[r].values())) for r in ROUTES if routes.get(r)),
+                   key=lambda item: item[1], default=(None, 0.0))
+        row = [arch, dataset, f"{lr:g}", str(steps), str(batch) if batch else "4 (all)"]
+        for route in ROUTES:
+            runs = routes.get(route, {})
+            if not runs:
+                row.append("-")
+                continue
+            ssim = " / ".join(f"{runs[draw]['median_ssim']:.2f}" if draw in runs else "-" for draw in (0, 1))
+            per_update = sum(d["seconds"] / d["updates"] for d in runs.values()) / len(runs)
+            text = f"{ssim} ({per_update:.1f})"
+            if route == best[0] and best[1] >= BAR[dataset]:
+                text = f"**{text}**"
+            row.append(text)
+        labels = routes.get("label_inference", {})
+        row.append(" / ".join(f"{labels[draw]['label_accuracy']:.2f}" if draw in labels else "-" for draw in (0, 1)))
+        print("| " + " | ".join(row) + " |")
+    cpus = sorted({d.get("cpu", "?") for d in lines})
+    print(f"\nCPU: {'; '.join(cpus)}. Runs that failed: {len(failed)}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
