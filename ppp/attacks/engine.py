@@ -329,6 +329,16 @@ class RowOptimisation:
         if self.iterations < 1 or self.restarts < 1:
             raise ValueError("attack iterations and restarts must be >= 1")
 
+    def server_labels(self, view: ServerView) -> torch.Tensor:
+        """Every update's labels, flat: the server's where it knows them (`labels: known`), else inferred
+        from the update in the protocol's model mode."""
+        if self.labels == "known":
+            if view.labels is None:
+                raise ValueError("attack labels: 'known' but the server view has no labels")
+            return view.labels
+        set_model_mode(view.model, view.model_mode)  # the server's passes run in the protocol's mode
+        return infer_labels(view.model, view.gradients, view.images_per_update, self.label_strategy)
+
 
 class AttackOutOfMemory(RuntimeError):
     """Even one row per pass does not fit the device's memory."""

@@ -11,9 +11,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ppp.attacks.engine import (ENGINES, AttackResult, GradientMatchingProblem, RowOptimisation, ServerView,
-                               infer_labels, optimise)
-from ppp.gradients import select_parameters, set_model_mode
+from ppp.attacks.engine import ENGINES, AttackResult, GradientMatchingProblem, RowOptimisation, ServerView, optimise
+from ppp.gradients import select_parameters
 from ppp.precode import CODE_MODES
 
 
@@ -46,13 +45,7 @@ class InvertingGradients(RowOptimisation):
                  progress: Callable[[int, torch.Tensor], None] | None = None,
                  victim_ids: list[int] | None = None,
                  update_iterations: Sequence[int] | None = None) -> AttackResult:
-        if self.labels == "known":
-            if view.labels is None:
-                raise ValueError("attack labels: 'known' but the server view has no labels")
-            labels = view.labels
-        else:
-            set_model_mode(view.model, view.model_mode)  # the server's passes run in the protocol's mode
-            labels = infer_labels(view.model, view.gradients, view.images_per_update, self.label_strategy)
+        labels = self.server_labels(view)
         problem = GradientMatchingProblem(
             names=select_parameters(view.model, self.selection, self.keep_encoder),
             iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,

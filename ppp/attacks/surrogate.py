@@ -25,9 +25,9 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from ppp.attacks.engine import (AttackResult, GradientMatchingProblem, RowOptimisation, RowsObjective, ServerView,
-                               infer_labels, optimise, row_total_variation)
+                               optimise, row_total_variation)
 from ppp.attacks.objectives import cosine_distance
-from ppp.gradients import select_parameters, set_model_mode
+from ppp.gradients import select_parameters
 from ppp.models import StagedNet
 from ppp.precode import CODE_MODES
 
@@ -133,13 +133,7 @@ class SurrogateModelExtension(RowOptimisation):
                  update_iterations: Sequence[int] | None = None) -> AttackResult:
         model = view.model
         device = model.mean.device
-        if self.labels == "known":
-            if view.labels is None:
-                raise ValueError("attack labels: 'known' but the server view has no labels")
-            labels = view.labels
-        else:
-            set_model_mode(model, view.model_mode)
-            labels = infer_labels(model, view.gradients, view.images_per_update, self.label_strategy)
+        labels = self.server_labels(view)
         names = select_parameters(model, self.selection, self.keep_encoder)
         problem = GradientMatchingProblem(
             names=names, iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
