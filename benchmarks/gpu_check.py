@@ -22,7 +22,7 @@ Budgets (iterations per cell): ConvNet 800 (config/gpu.yaml's), ResNet-18 1000 (
 3000) and 1000 for the analytic attack. Estimated from benchmarks/attack_flops.py's counts (4 victims, one
 batched pass per iteration; 20 TFLOP/s sustained and 5-10 us per kernel launch, docs/cluster.md): ConvNet
 119 GFLOP and 1000-1150 kernel launches per iteration, 6-17 ms; ResNet-18 36 GFLOP and 3000-3200 launches,
-16-34 ms; the analytic attack 1-2 ms. That is 2.2-4.8 minutes of attacks for the 16 gradient-matching and analytic cells (the 6 head cells add seconds), plus a few seconds of
+16-34 ms; the analytic attack 1-2 ms. That is 2.2-4.8 minutes of attacks for the 16 gradient-matching and analytic cells (the 6 head cells add seconds; the 6 FedAvg cells are not projected: their rows run one by one, the loop engine), plus a few seconds of
 model set-up, capture and FLOP counting per cell.
 
 Without a CUDA GPU (and without --device cpu) it prints one line saying so and exits 0.

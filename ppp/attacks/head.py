@@ -118,12 +118,10 @@ def _fit(K: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Y: 
          steps: int, local_steps: int = 1, local_lr: float = 0.01,
          batches: list[list[int]] | None = None) -> tuple[torch.Tensor, float]:
     """Levenberg-Marquardt on A (S' B x r) for one update; returns (A, relative residual)."""
-    return _levenberg_marquardt(lambda A: _residual(A, K, V, W, b, Y, local_steps, local_lr, batches)[0], A, steps)
 
+    def residual(A: torch.Tensor) -> torch.Tensor:
+        return _residual(A, K, V, W, b, Y, local_steps, local_lr, batches)[0]
 
-def _levenberg_marquardt(residual: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor,
-                         steps: int) -> tuple[torch.Tensor, float]:
-    """Minimise |residual(A)|^2 from A; returns (A, |residual|)."""
     damping = 1e-3
     r = residual(A)
     cost = float(r @ r)
