@@ -11,7 +11,8 @@ one client update where several images share it (their reconstructions are not i
 cell of a client setting is resampled with the same draws of units, so the difference of two cells on
 the same images (IG on the undefended model against an attack on a defence) is a paired interval.
 
-A claim that an attack *fails* also needs the attack to have converged: on the images the attack job
+A claim that an attack *fails* (a defence resists it, or it does not reconstruct the undefended model) also
+needs the attack to have converged: on the images the attack job
 ran again at half the budget (`ssim_half`; attack.convergence_images, a cell's first images), the
 median SSIM gained from half to the full budget must be at most `max_convergence_gain`, or the claim is
 undecided. Where returns diminish, the last doubling's gain bounds the next one's, so this stands for
@@ -235,8 +236,10 @@ def _attack_cell(sample: SettingSample, cell: pd.DataFrame, reference: pd.DataFr
     resists = all_of([compare(ssim[1], ssim[2], t.success_ssim, at_least=False), below_reference])
     if resists == HOLDS and not converged:
         resists = UNDECIDED  # an attack still improving may yet succeed
-    return AttackCell(attack, ssim, psnr, gap, gain, converged,
-                      compare(ssim[1], ssim[2], t.success_ssim, at_least=True), resists)
+    works = compare(ssim[1], ssim[2], t.success_ssim, at_least=True)
+    if works == FAILS and converged is False:
+        works = UNDECIDED  # the same: "this attack does not reconstruct" needs an attack that has stopped improving
+    return AttackCell(attack, ssim, psnr, gap, gain, converged, works, resists)
 
 
 def _fmt(name: str, value: tuple[float, float, float], unit: str = "") -> str:

@@ -84,6 +84,18 @@ def test_a_defence_protects_only_against_an_attack_that_has_converged():
     assert _claim(rising, "F3", "ppp", 0.1).verdict == UNDECIDED
 
 
+def test_an_attack_that_fails_while_still_improving_decides_nothing():
+    """IG below the threshold on the undefended model: F1 fails only once the attack has converged (the deep
+    nets at a CPU budget, where a longer run may yet reconstruct)."""
+    low = np.linspace(0.25, 0.35, 16)
+    assert _claim(_table(_rows("none", 0.0, "ig", low, 15.0)), "F1").verdict == FAILS
+    rising = _claim(_table(_rows("none", 0.0, "ig", low, 15.0, ssim_half=low - 0.2)), "F1")
+    assert rising.verdict == UNDECIDED and not rising.converged
+    # A working attack needs no convergence check: more iterations only reconstruct better.
+    high = np.linspace(0.8, 0.9, 16)
+    assert _claim(_table(_rows("none", 0.0, "ig", high, 25.0, ssim_half=high - 0.3)), "F1").verdict == HOLDS
+
+
 def test_the_gap_to_the_undefended_model_is_a_paired_interval():
     """A defended cell 6 dB under the undefended one on every image: the paired gap is exactly 6 dB
     whatever the images' own spread, so the 6 dB rule holds; 5 dB under fails."""
