@@ -21,14 +21,38 @@ def merged_over_default(overlay: dict, base: dict) -> dict:
     return merged
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "test.yaml", "gpu.yaml", "cnn_cpu.yaml",
-                                  "convnet.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
 def test_presets_validate(name):
     default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     overlay = yaml.safe_load((REPO / "config" / name).read_text())
     config = validate_config(merged_over_default(overlay, default))
     assert config["mlflow"]["experiment"]  # defaults filled in
     assert set(config["archs"]) == set(overlay.get("archs", default["archs"]))
+
+
+def test_the_deep_cpu_preset_runs_the_cells_it_names_over_the_default():
+    """config/deep_cpu.yaml (issue 30) merged over the default: the default's per-architecture lists (FedAvg,
+    4-image updates) must not leak into the deep nets, and every cell keeps 16 images."""
+    from ppp.config import (attack_options, attack_runs_on, client_attacks, client_settings, client_victims,
+                            defense_scales)
+
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = validate_config(merged_over_default(yaml.safe_load((REPO / "config" / "deep_cpu.yaml").read_text()),
+                                                 default))
+    assert config["archs"] == ["convnet", "resnet18"] and not config["training"]["enabled"]
+    assert config["models"]["convnet"]["width"] == config["models"]["resnet18"]["width"] == 64
+    assert config["models"]["resnet18"]["norm_groups"] == 2 and config["threat_model"]["model_mode"] == "eval"
+    budgets = {"convnet": 200, "resnet18": 400}
+    for arch in config["archs"]:
+        settings = client_settings(config, arch)
+        assert [(s.images, s.local_steps) for s in settings] == [(1, 1)]
+        assert client_victims(config, arch, settings[0].name) == 16
+        assert client_attacks(config, arch, settings[0].name) == ["ig", "ig_targeted", "analytic"]
+        assert attack_options(config, arch, "ig")["iterations"] == budgets[arch]
+        assert attack_options(config, arch, "analytic")["iterations"] == 400
+        assert attack_options(config, arch, "ig")["convergence_images"] == 4
+        assert len(defense_scales(config, arch, "ppp")) == 1
+    assert [d for d in config["defenses"] if attack_runs_on(config, "ig", d)] == ["none", "precode"]
 
 
 @pytest.mark.parametrize("change,key", [
