@@ -287,6 +287,26 @@ def test_rerun_does_nothing_and_new_victims_rerun_only_what_depends_on_them(fini
     assert not {rule for rule in planned if rule.startswith(("prepare_data", "init_model", "train"))}
 
 
+def test_attack_jobs_per_cell_write_the_same_files_as_one_job_per_attack(tmp_path):
+    """attack.grouping: cell (the deep nets' cells take many minutes) splits each attack's job into one job
+    per defence cell, named by it; the files the study writes stay the same."""
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    outputs, rules = {}, {}
+    for grouping in ("attack", "cell"):
+        workdir = tmp_path / grouping
+        workdir.mkdir()
+        config["attack"]["grouping"] = grouping
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+        text = snakemake(workdir, "-n")
+        rules[grouping] = {r for r in planned_rules(text) if r.startswith("attack_")}
+        outputs[grouping] = {path for line in text.splitlines() if line.strip().startswith("output:")
+                             for path in line.split("output:", 1)[1].strip().split(", ")}
+    assert "attack_mlp_b1s1_ig" in rules["attack"] and "attack_mlp_b1s1_ig" not in rules["cell"]
+    assert {"attack_mlp_b1s1_ig_none_0", "attack_mlp_b1s1_ig_precode_0"} <= rules["cell"]
+    assert len(rules["cell"]) > len(rules["attack"])
+    assert outputs["cell"] == outputs["attack"] and any("/attacks/" in p for p in outputs["cell"])
+
+
 def test_bad_config_gets_one_message_naming_the_key(tmp_path):
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     config["attack"]["defaults"]["iterations"] = -3

@@ -1,19 +1,20 @@
 # One attack job per (dataset, arch, client, state, attack) reconstructs every defence cell the attack
 # applies to, each into its own file; cells sharing a model are rows of one optimisation
-# (ppp.stages.run_attack_cells). The cells are fixed by the config per (arch, client setting), so each
-# (arch, client, attack) gets its own rule with its cells as named outputs.
-for _arch, _client, _attack in [
-    (arch, client, attack)
+# (ppp.stages.run_attack_cells). With attack.grouping: cell, one job per cell instead. The cells are fixed
+# by the config per (arch, client setting), so each (arch, client, attack[, cell]) gets its own rule with
+# its cells as named outputs.
+for _arch, _client, _attack, _group, _cells in [
+    (arch, client, attack, group, cells)
     for arch in config["archs"]
     for client in client_names(arch)
     for attack in config["attacks"]
+    for group, cells in attack_groups(arch, client, attack)
 ]:
-    _cells = attacked_cells(_arch, _client, _attack)
     if _cells:
 
         rule:
             name:
-                f"attack_{_arch}_{_client}_{_attack}"
+                f"attack_{_arch}_{_client}_{_attack}{_group}"
             input:
                 gradients=[
                     f"{RESULTS}/gradients/{{dataset}}/{_arch}/{_client}/{defense}/{sigma}/{{state}}.safetensors"
@@ -27,9 +28,9 @@ for _arch, _client, _attack in [
                     for defense, sigma in _cells
                 ],
             log:
-                f"{LOGS}/attack/{{dataset}}_{_arch}_{_client}_{{state}}_{_attack}.log",
+                f"{LOGS}/attack/{{dataset}}_{_arch}_{_client}_{{state}}_{_attack}{_group}.log",
             benchmark:
-                f"{RESULTS}/benchmarks/attack/{{dataset}}_{_arch}_{_client}_{{state}}_{_attack}.tsv"
+                f"{RESULTS}/benchmarks/attack/{{dataset}}_{_arch}_{_client}_{{state}}_{_attack}{_group}.tsv"
             # Longest first, so that no long job starts last while the other cores idle.
             priority: attack_cost(_arch, _client, _attack, _cells)
             conda:

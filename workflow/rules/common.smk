@@ -154,6 +154,18 @@ def attacked_cells(arch, client, attack):
     ]
 
 
+def attack_groups(arch, client, attack):
+    """The attack jobs of one architecture, client setting and attack, as (rule-name suffix, cells):
+    every cell in one job (attack.grouping: attack), or one job per cell (cell), named by its defence
+    and sigma as in the paths (attack_convnet_b1s1_ig_precode_0)."""
+    cells = attacked_cells(arch, client, attack)
+    if not cells:
+        return []
+    if config["attack"].get("grouping", "attack") == "cell":
+        return [(f"_{defense}_{sigma}", [(defense, sigma)]) for defense, sigma in cells]
+    return [("", cells)]
+
+
 def reconstruction_grids():
     return [
         f"{RESULTS}/plots/reconstructions_{c['dataset']}_{c['arch']}_{c['client']}_{c['state']}.png"
