@@ -147,12 +147,12 @@ def _run_mode(args: dict, mode: str) -> list[dict]:
         started = time.perf_counter()
         half_images = None
         if mode == "batched":
-            result = attack(view_of(slice(None)), seed=args["seed"])
+            result = attack.finish(attack(view_of(slice(None)), seed=args["seed"]), view_of(slice(None)))
             reconstructions, engine, used_labels = result.images, result.engine, result.labels
             half_images = result.images_half
         else:
-            results = [attack(view_of(slice(u, u + 1)), seed=args["seed"], victim_ids=[u])
-                       for u in range(len(updates))]
+            results = [attack.finish(attack(view_of(slice(u, u + 1)), seed=args["seed"], victim_ids=[u]),
+                                     view_of(slice(u, u + 1))) for u in range(len(updates))]
             reconstructions = torch.cat([r.images for r in results])
             used_labels = torch.cat([r.labels for r in results])
             engine = "loop"

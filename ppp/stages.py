@@ -302,14 +302,15 @@ def run_attack_cells(arch: str, attack_name: str, attack_options: dict, cells: l
                             progress=split_progress if progress else None,
                             victim_ids=victim_ids + [victim_ids[r] for r in check_rows],
                             update_iterations=[attack.iterations] * len(seeds) + [half_attack.iterations] * len(check_rows))
-            result, half = _split_rows(result, len(seeds), per_update)
+            result, half = _split_rows(attack.finish(result, view), len(seeds), per_update)
         else:
-            result = attack(view, seed=seeds, progress=split_progress if progress else None, victim_ids=victim_ids)
+            result = attack.finish(attack(view, seed=seeds, progress=split_progress if progress else None,
+                                          victim_ids=victim_ids), view)
             half = None
             if check_rows:
                 sub = _rows_of(view, check_rows)
-                half = half_attack(sub, seed=[seeds[r] for r in check_rows],
-                                   victim_ids=[victim_ids[r] for r in check_rows])
+                half = half_attack.finish(half_attack(sub, seed=[seeds[r] for r in check_rows],
+                                                      victim_ids=[victim_ids[r] for r in check_rows]), sub)
         if half is not None:
             half_images = torch.full_like(result.images, float("nan"))
             for j, r in enumerate(check_rows):

@@ -16,6 +16,7 @@ bound memory, by one of the row engines:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -25,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
+from ppp.attacks.contrast import CONTRASTS, resolve_contrast
 from ppp.attacks.labels import LABEL_STRATEGIES, infer_update_labels
 from ppp.hardware import resolve_precision
 from ppp.attacks.objectives import cosine_distance, total_variation, total_variation_rows
@@ -317,10 +319,15 @@ class RowOptimisation:
     label_strategy: str = "auto"  # how labels are inferred (ppp.attacks.labels.LABEL_STRATEGIES)
     progress_every: int = 0
     precision: str = "float32"  # or bfloat16: the objective under autocast (PRECISIONS)
+    # The reconstructions' contrast where the gradient does not fix it (ResNet-18 with GroupNorm): keep the
+    # optimiser's, or the most the box allows (ppp.attacks.contrast).
+    contrast: str = "keep"
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"attack precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.contrast not in CONTRASTS:
+            raise ValueError(f"attack contrast must be one of {', '.join(CONTRASTS)}, got {self.contrast!r}")
         if self.labels not in ("known", "inferred"):
             raise ValueError(f"attack labels must be 'known' or 'inferred', got {self.labels!r}")
         if self.label_strategy not in ("auto", *LABEL_STRATEGIES):
@@ -328,6 +335,13 @@ class RowOptimisation:
                              f"got {self.label_strategy!r}")
         if self.iterations < 1 or self.restarts < 1:
             raise ValueError("attack iterations and restarts must be >= 1")
+
+    def finish(self, result: "AttackResult", view: ServerView) -> "AttackResult":
+        """The attacker's last step on its reconstructions (and the half-budget ones): their contrast
+        (`contrast`), from the dataset's mean colour the model normalises with."""
+        mean = view.model.mean.detach().flatten().cpu()
+        return dataclasses.replace(result, images=resolve_contrast(result.images, mean, self.contrast),
+                                   images_half=resolve_contrast(result.images_half, mean, self.contrast))
 
     def server_labels(self, view: ServerView) -> torch.Tensor:
         """Every update's labels, flat: the server's where it knows them (`labels: known`), else inferred
