@@ -305,6 +305,12 @@ def test_attack_jobs_per_cell_write_the_same_files_as_one_job_per_attack(tmp_pat
     assert {"attack_mlp_b1s1_ig_none_0", "attack_mlp_b1s1_ig_precode_0"} <= rules["cell"]
     assert len(rules["cell"]) > len(rules["attack"])
     assert outputs["cell"] == outputs["attack"] and any("/attacks/" in p for p in outputs["cell"])
+    # A run of the undefended cells only (F1), then the whole grid: the finished cells are kept.
+    workdir = tmp_path / "cell"
+    snakemake(workdir, "--cores", "2", "--config", "defenses=[none]")
+    planned = planned_rules(snakemake(workdir, "-n"))
+    assert {"capture_mlp_b1s1_precode_0", "attack_mlp_b1s1_ig_precode_0"} <= planned
+    assert not {r for r in planned if r.endswith("_none_0")}, planned
 
 
 def test_bad_config_gets_one_message_naming_the_key(tmp_path):

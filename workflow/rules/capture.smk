@@ -1,13 +1,16 @@
 # One capture job per (dataset, arch, client setting, state) computes every defence cell's shared updates, each
-# into its own file (a cell takes well under a second; a job costs seconds of start-up).
-for _arch, _client in [
-    (arch, client) for arch in config["archs"] for client in client_names(arch)
+# into its own file (a cell takes well under a second; a job costs seconds of start-up); with
+# attack.grouping: cell, one job per cell (common.smk, cell_groups).
+for _arch, _client, _group, _cells in [
+    (arch, client, group, cells)
+    for arch in config["archs"]
+    for client in client_names(arch)
+    for group, cells in cell_groups(list(defense_cells(arch, client)))
 ]:
-    _cells = list(defense_cells(_arch, _client))
 
     rule:
         name:
-            f"capture_{_arch}_{_client}"
+            f"capture_{_arch}_{_client}{_group}"
         input:
             models=lambda w, arch=_arch, cells=_cells: cell_models(w, arch, cells),
             meta=f"{RESULTS}/data/{{dataset}}/meta.json",
@@ -18,7 +21,7 @@ for _arch, _client in [
                 for defense, sigma in _cells
             ],
         log:
-            f"{LOGS}/capture/{{dataset}}_{_arch}_{_client}_{{state}}.log",
+            f"{LOGS}/capture/{{dataset}}_{_arch}_{_client}_{{state}}{_group}.log",
         conda:
             "../envs/ppp.yaml"
         threads: 1

@@ -154,16 +154,21 @@ def attacked_cells(arch, client, attack):
     ]
 
 
-def attack_groups(arch, client, attack):
-    """The attack jobs of one architecture, client setting and attack, as (rule-name suffix, cells):
-    every cell in one job (attack.grouping: attack), or one job per cell (cell), named by its defence
-    and sigma as in the paths (attack_convnet_b1s1_ig_precode_0)."""
-    cells = attacked_cells(arch, client, attack)
+def cell_groups(cells):
+    """Jobs over `cells` as (rule-name suffix, cells): all in one job (attack.grouping: attack), or one job
+    per cell (cell), named by its defence and sigma as in the paths (attack_convnet_b1s1_ig_precode_0).
+    Capture follows the attacks' grouping, so that one cell's update is written by its own job and a run of
+    some defences leaves files a run of more of them keeps."""
     if not cells:
         return []
     if config["attack"].get("grouping", "attack") == "cell":
         return [(f"_{defense}_{sigma}", [(defense, sigma)]) for defense, sigma in cells]
-    return [("", cells)]
+    return [("", list(cells))]
+
+
+def attack_groups(arch, client, attack):
+    """The attack jobs of one architecture, client setting and attack (cell_groups)."""
+    return cell_groups(attacked_cells(arch, client, attack))
 
 
 def reconstruction_grids():
