@@ -84,11 +84,12 @@ def preset_lines(config: Mapping) -> list[str]:
         clients = "; ".join(client_label(s.images, s.local_steps, s.local_lr) for s in settings)
         budgets = ", ".join(f"{a} {attack_options(config, arch, a, settings[0].name).get('iterations', '?')}"
                             for a in attacks)
-        epochs = training_options(config, arch).get("epochs", "?")
+        training = (f"{training_options(config, arch).get('epochs', '?')} training epochs"
+                    if config.get("training", {}).get("enabled", True) else "no training (accuracy not judged)")
         first = settings[0]
         lines.append(f"- **{arch}**: client updates {clients}; {victims_per_cell(config, arch)} images per cell; "
                      f"attack iterations (at {client_label(first.images, first.local_steps, first.local_lr)}) "
-                     f"{budgets}; {epochs} training epochs.")
+                     f"{budgets}; {training}.")
     return lines
 
 

@@ -165,7 +165,10 @@ def test_landing_page_states_the_preset():
     summary, table = _study(CELLS)
     text = landing_rst(table, config)
     assert "The preset that ran" in text and "mnist, cifar10" in text
-    assert "**lenet**" in text and "16 images per cell" in text
+    assert "**lenet**" in text and "16 images per cell" in text and "training epochs" in text
+    # A preset that trains nothing (config/deep_cpu.yaml) says so, not the default's epochs.
+    text = landing_rst(table, {**config, "training": {**config["training"], "enabled": False}})
+    assert "training epochs" not in text and "no training" in text
 
 
 def test_the_grid_shows_each_defence_once_with_its_strongest_attack():
