@@ -65,14 +65,27 @@ def _common_params(smk) -> dict:
 PROCESS_TIME_FORMAT = "job finished: %.2f s wall since the process started, %.2f s CPU, %d torch thread(s)"
 
 
-def log_process_time() -> None:
+def process_wall_seconds() -> float:
+    """Seconds since this process started. On Linux both ends are read on the boot-time clock: psutil's
+    create_time adds the start to /proc/stat's btime, a whole second that also drifts from the wall clock,
+    which put a job's process up to a second before Snakemake's own stamp of the job's start."""
     import time
 
+    try:
+        with open("/proc/self/stat") as stat:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, AttributeError, ValueError, IndexError):  # not Linux
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+
+
+def log_process_time() -> None:
     import psutil
 
-    process = psutil.Process()
-    times = process.cpu_times()
-    wall = time.time() - process.create_time()
+    times = psutil.Process().cpu_times()
+    wall = process_wall_seconds()
     logging.getLogger("ppp.jobs").info(PROCESS_TIME_FORMAT, wall, times.user + times.system,
                                        torch.get_num_threads())
 

@@ -87,3 +87,18 @@ def test_a_fedavg_rule_whose_name_carries_its_lr_is_counted(tmp_path):
     run_dir = _run_dir(tmp_path)
     (run_dir / ".snakemake" / "log" / "2026-12-06T075450.snakemake.log").write_text(text)
     assert {j.rule for j in load_run(run_dir).jobs} == {"attack_lenet_b4s2lr0.1_head", "evaluate"}
+
+
+def test_a_jobs_process_wall_time_lies_within_the_time_its_parent_saw_it_run():
+    """The wall seconds a job logs: psutil's create_time rounds the boot time to a whole second, which put
+    processes up to a second before Snakemake's stamp of their start (CI failed on it)."""
+    import subprocess
+    import sys
+    import time
+
+    before = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", "from ppp.jobs import process_wall_seconds as w; print(w())"],
+                         capture_output=True, text=True, check=True).stdout
+    seen = time.monotonic() - before
+    # 20 ms: the kernel's clock tick (the process's start is kept in ticks).
+    assert 0 < float(out) <= seen + 0.02, (float(out), seen)
