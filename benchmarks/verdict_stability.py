@@ -18,7 +18,7 @@ import sys
 import pandas as pd
 
 from ppp.results_page import side_by_side
-from ppp.verdicts import SETTING, VERDICTS, contradictions, with_local_lr
+from ppp.verdicts import SETTING, VERDICTS, contradictions, with_setting_columns
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("second", help="verdicts.csv of the second draw")
     parser.add_argument("--markdown", action="store_true", help="also print both draws side by side as a table")
     args = parser.parse_args(argv)
-    tables = [with_local_lr(pd.read_csv(p)) for p in (args.first, args.second)]
+    tables = [with_setting_columns(pd.read_csv(p)) for p in (args.first, args.second)]
     if args.markdown:
         print(side_by_side(*tables))
     for name, table in zip(("first", "second"), tables):

@@ -29,6 +29,7 @@ from torch.func import functional_call
 from ppp.defenses import DPSGD, Defense
 from ppp.gradients import shared_gradient
 from ppp.models import StagedNet
+from ppp.precode import given_noise_rows
 
 # b<images>s<local steps>, and for FedAvg lr<local lr> (e.g. b4s2lr0.1): a float as Python's `g` format writes it.
 # FedAvg on mini-batches adds m<images per local step> (b4s2lr0.1m2: 2 mini-batches of 2).
@@ -50,9 +51,11 @@ class ClientSetting:
         if self.images < 1 or self.local_steps < 1:
             raise ValueError(f"client update: images and local_steps must be >= 1, got {self.images}, "
                              f"{self.local_steps}")
+        if self.local_batch >= self.images:  # one mini-batch of all the images is full batch: one name, one key
+            object.__setattr__(self, "local_batch", 0)
         if self.local_batch and (self.local_batch < 1 or self.images % self.local_batch or self.local_steps == 1):
-            raise ValueError(f"client local_batch must divide the {self.images} images of a FedAvg update, got "
-                             f"{self.local_batch}")
+            raise ValueError(f"client local_batch must divide the {self.images} images of a FedAvg update (more "
+                             f"than one local step), got {self.local_batch} at {self.local_steps} step(s)")
         if self.local_steps > 1 and not self.local_lr > 0:
             raise ValueError(f"client local_lr must be > 0 for FedAvg, got {self.local_lr}")
 
@@ -63,7 +66,7 @@ class ClientSetting:
         sweep FedAvg at several rates, and each is its own setting (paths, rules, verdicts)."""
         if self.local_steps == 1:
             return f"b{self.images}s1"
-        batches = f"m{self.local_batch}" if self.local_batch and self.local_batch < self.images else ""
+        batches = f"m{self.local_batch}" if self.local_batch else ""
         return f"b{self.images}s{self.local_steps}lr{self.local_lr:g}{batches}"
 
     @property
@@ -197,7 +200,8 @@ def simulated_local_training(model: StagedNet, pixels: torch.Tensor, labels: tor
 
     def step_gradients(current, step):
         chosen = step_images(batches, step)
-        loss = _functional_loss(model, current, pixels[chosen], labels[chosen])
+        with given_noise_rows(model, chosen):  # the latent attack's noise: one row per image
+            loss = _functional_loss(model, current, pixels[chosen], labels[chosen])
         return dict(zip(order, torch.autograd.grad(loss, [current[n] for n in order], create_graph=create_graph)))
 
     return _mean_step_gradient(step_gradients, weights, names, local_steps, local_lr)

@@ -87,7 +87,10 @@ def check_client_settings(config: dict[str, Any]) -> None:
     from ppp.client import ClientSetting
 
     for arch in config["archs"]:
-        names = [setting.name for setting in client_settings(config, arch)]
+        try:
+            names = [setting.name for setting in client_settings(config, arch)]
+        except ValueError as error:  # e.g. a local_batch that does not divide the update's images
+            raise ConfigError(f"config key 'client.updates' ({arch}): {error}") from None
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ConfigError(f"config key 'client.updates': {arch} lists the setting {', '.join(twice)} twice "
@@ -216,14 +219,16 @@ def noise_scales(config: dict, arch: str) -> list[float]:
 
 def client_settings(config: dict, arch: str) -> list:
     """The client updates swept on one architecture (ppp.client.ClientSetting): client.per_arch.<arch>
-    overrides client's updates and local_lr, and an update's own local_lr overrides both."""
+    overrides client's updates and local_lr, and an update's own local_lr overrides both; local_batch is
+    the update's images per local step (0: all of them)."""
     from ppp.client import ClientSetting
 
     client = config.get("client", {})
     own = client.get("per_arch", {}).get(arch, {})
     updates = _client_updates(config, arch)
     local_lr = float(own.get("local_lr", client.get("local_lr", 0.01)))
-    return [ClientSetting(int(u.get("images", 1)), int(u.get("local_steps", 1)), float(u.get("local_lr", local_lr)))
+    return [ClientSetting(int(u.get("images", 1)), int(u.get("local_steps", 1)), float(u.get("local_lr", local_lr)),
+                          int(u.get("local_batch", 0)))
             for u in updates]
 
 

@@ -17,10 +17,11 @@ import pandas as pd
 import torch
 
 from ppp.io import atomic_path
-from ppp.verdicts import with_local_lr
+from ppp.verdicts import with_setting_columns
 
 DEFENSE_ORDER = ["none", "noise", "precode", "ppp", "ppp_encoder", "ppp_no_decoder", "dpsgd"]
-CLIENT = ["batch_size", "local_steps", "local_lr"]  # local_lr: FedAvg's, 0.0 for FedSGD (ppp.verdicts.SETTING)
+# local_lr: FedAvg's, 0.0 for FedSGD; local_batch: images per local step, 0 for all (ppp.verdicts.SETTING)
+CLIENT = ["batch_size", "local_steps", "local_lr", "local_batch"]
 DEFENSE_CELL = ["dataset", "arch", *CLIENT, "defense", "noise_scale", "model_state"]
 VERDICT_COLOURS = {"holds": "#1a9850", "fails": "#d73027", "undecided": "#7f7f7f", "": "#7f7f7f"}
 
@@ -55,20 +56,23 @@ def defense_label(defense: str, sigma: float) -> str:
     return defense + (f" σ={sigma:g}" if sigma else "")
 
 
-def client_label(batch_size: int, local_steps: int, local_lr: float | None = None) -> str:
-    """ "1 image/update", "4 images/update, 2 local steps at lr 0.1 (FedAvg)" (the lr where known)."""
+def client_label(batch_size: int, local_steps: int, local_lr: float | None = None, local_batch: int = 0) -> str:
+    """ "1 image/update", "4 images/update, 2 local steps at lr 0.1 (FedAvg)" (the lr where known),
+    "..., 2 local steps of 2 images at lr 0.1 (FedAvg)" on mini-batches."""
     batch_size, local_steps = int(batch_size), int(local_steps)
     images = f"{batch_size} image{'s' if batch_size != 1 else ''}/update"
     if local_steps == 1:
         return images
     rate = f" at lr {float(local_lr):g}" if local_lr is not None and np.isfinite(float(local_lr)) else ""
-    return images + f", {local_steps} local steps{rate} (FedAvg)"
+    batch = int(local_batch) if local_batch is not None and np.isfinite(float(local_batch)) else 0
+    per_step = f" of {batch} image{'s' if batch != 1 else ''}" if 0 < batch < batch_size else ""
+    return images + f", {local_steps} local steps{per_step}{rate} (FedAvg)"
 
 
 def strongest_rows(summary: pd.DataFrame) -> pd.DataFrame:
     """Per defence cell the full summary row of its strongest attack (highest median SSIM, ties: the
     higher median PSNR), as ppp.report.strongest_attacks ranks them, with that attack's intervals."""
-    ranked = with_local_lr(summary).sort_values(["ssim_median", "psnr_median"], ascending=False, kind="stable")
+    ranked = with_setting_columns(summary).sort_values(["ssim_median", "psnr_median"], ascending=False, kind="stable")
     best = ranked.groupby(DEFENSE_CELL, sort=False).head(1)
     return best.assign(_rank=best.defense.map(_defense_rank)).sort_values(
         ["dataset", "arch", *CLIENT, "model_state", "_rank", "noise_scale"]).drop(columns="_rank").reset_index(drop=True)
@@ -107,7 +111,7 @@ def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
     if len(best):
         smallest = best.sort_values(CLIENT).iloc[0]
         best = best[(best.batch_size == smallest.batch_size) & (best.local_steps == smallest.local_steps)
-                    & (best.local_lr == smallest.local_lr)]
+                    & (best.local_lr == smallest.local_lr) & (best.local_batch == smallest.local_batch)]
     panels = list(dict.fromkeys(zip(best.dataset, best.arch)))
     fig, axes = _panels(plt, max(1, len(panels)), 2, 4.6, 3.9)
     colours = dict(zip(DEFENSE_ORDER, plt.get_cmap("tab10").colors))
@@ -153,8 +157,8 @@ def privacy_utility_plot(summary: pd.DataFrame, path: str | Path) -> None:
         ax.tick_params(labelsize=8)
         ax.legend(fontsize=7, loc="upper left", title="defence", title_fontsize=7)
     if len(best):
-        fig.suptitle(f"Privacy against utility, "
-                     f"{client_label(smallest.batch_size, smallest.local_steps, smallest.local_lr)}\n"
+        client = client_label(smallest.batch_size, smallest.local_steps, smallest.local_lr, smallest.local_batch)
+        fig.suptitle(f"Privacy against utility, {client}\n"
                      "(labels: σ, strongest attack)", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
@@ -191,11 +195,13 @@ def batch_size_plot(summary: pd.DataFrame, path: str | Path) -> None:
                 ax.errorbar(part.batch_size.to_numpy(float) * shift, y, yerr=yerr, fmt="o" if fedavg else "o-",
                             color=colour, markerfacecolor="white" if fedavg else colour, markersize=5, capsize=2,
                             linewidth=1, elinewidth=0.8, label=None if fedavg else defense_label(defense, sigma))
-                if fedavg and len(set(zip(part.local_steps, part.local_lr))) > 1:  # FedAvg at several rates
-                    for xi, yi, steps, lr in zip(part.batch_size.to_numpy(float) * shift, y, part.local_steps,
-                                                 part.local_lr):
-                        ax.annotate(f"{steps} steps, lr {lr:g}", (xi, yi), xytext=(4, 0), textcoords="offset points",
-                                    fontsize=6, color=colour, va="center")
+                # FedAvg at several rates or mini-batch sizes
+                if fedavg and len(set(zip(part.local_steps, part.local_lr, part.local_batch))) > 1:
+                    for xi, yi, steps, lr, per_step in zip(part.batch_size.to_numpy(float) * shift, y,
+                                                           part.local_steps, part.local_lr, part.local_batch):
+                        of = f" of {int(per_step)}" if per_step else ""
+                        ax.annotate(f"{steps} steps{of}, lr {lr:g}", (xi, yi), xytext=(4, 0),
+                                    textcoords="offset points", fontsize=6, color=colour, va="center")
         ax.axhline(threshold, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xscale("log", base=2)
         sizes = sorted(set(cell.batch_size))
@@ -265,14 +271,14 @@ def worst_case_plot(worst: pd.DataFrame, path: str | Path, success_ssim: float =
     labelled with that attack and the test accuracy."""
     plt = _pyplot()
     keys = ["dataset", "arch", *CLIENT, "model_state"]
-    worst = with_local_lr(worst) if len(worst) else worst
+    worst = with_setting_columns(worst) if len(worst) else worst
     settings = list(dict.fromkeys(worst[keys].itertuples(index=False, name=None))) if len(worst) else []
     cells = {s: worst[(worst[keys] == pd.Series(s, index=keys)).all(axis=1)] for s in settings}
     most = max((len(c) for c in cells.values()), default=1)
     fig, axes = _panels(plt, max(1, len(settings)), 2, 5.4, 1.0 + 0.32 * most)
     fig.set_figheight(fig.get_figheight() + 0.6)
     for ax, setting in zip(axes, settings):
-        dataset, arch, batch_size, local_steps, local_lr, state = setting
+        dataset, arch, batch_size, local_steps, local_lr, local_batch, state = setting
         cell = cells[setting]
         y = np.arange(len(cell))[::-1]
         for yi, (_, row) in zip(y, cell.iterrows()):
@@ -289,7 +295,7 @@ def worst_case_plot(worst: pd.DataFrame, path: str | Path, success_ssim: float =
         ax.axvline(success_ssim, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.7, len(cell) - 0.3)
-        ax.set_title(f"{dataset} / {arch}, {client_label(batch_size, local_steps, local_lr)}"
+        ax.set_title(f"{dataset} / {arch}, {client_label(batch_size, local_steps, local_lr, local_batch)}"
                      + ("" if state == "init" else f", {state} model"), fontsize=9)
         ax.set_xlabel("median SSIM of the strongest attack (95% interval)", fontsize=8)
         ax.tick_params(axis="x", labelsize=8)

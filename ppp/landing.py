@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ppp.figures import DEFENSE_ORDER, client_label, defense_label
-from ppp.verdicts import with_local_lr
+from ppp.verdicts import with_setting_columns
 
 CLAIM_TITLES = {  # the claim, then the statistic its cells show
     "F1": "F1 IG leaks: SSIM",
@@ -21,7 +21,8 @@ CLAIM_TITLES = {  # the claim, then the statistic its cells show
     "F3": "F3 PPP stops all: SSIM",
     "F4": "F4 PPP keeps accuracy: drop",
 }
-SETTING = ["dataset", "arch", "batch_size", "local_steps", "local_lr", "model_state"]  # local_lr: ppp.verdicts
+# local_lr and local_batch: ppp.verdicts.SETTING
+SETTING = ["dataset", "arch", "batch_size", "local_steps", "local_lr", "local_batch", "model_state"]
 
 
 def _number(value) -> float:
@@ -65,8 +66,8 @@ def _list_table(title: str, header: list[str], rows: list[list[str]], widths: st
 
 
 def _setting_name(key: tuple) -> str:
-    dataset, arch, batch_size, local_steps, local_lr, state = key
-    return f"{dataset} / {arch}, {client_label(batch_size, local_steps, local_lr)}" + (
+    dataset, arch, batch_size, local_steps, local_lr, local_batch, state = key
+    return f"{dataset} / {arch}, {client_label(batch_size, local_steps, local_lr, local_batch)}" + (
         "" if state == "init" else f", {state} model")
 
 
@@ -81,14 +82,15 @@ def preset_lines(config: Mapping) -> list[str]:
              f"- **Defences**: {', '.join(config.get('defenses', []))}; **attacks**: {', '.join(attacks)}."]
     for arch in archs:
         settings = client_settings(config, arch)
-        clients = "; ".join(client_label(s.images, s.local_steps, s.local_lr) for s in settings)
+        clients = "; ".join(client_label(s.images, s.local_steps, s.local_lr, s.local_batch) for s in settings)
         budgets = ", ".join(f"{a} {attack_options(config, arch, a, settings[0].name).get('iterations', '?')}"
                             for a in attacks)
         training = (f"{training_options(config, arch).get('epochs', '?')} training epochs"
                     if config.get("training", {}).get("enabled", True) else "no training (accuracy not judged)")
         first = settings[0]
+        at = client_label(first.images, first.local_steps, first.local_lr, first.local_batch)
         lines.append(f"- **{arch}**: client updates {clients}; {victims_per_cell(config, arch)} images per cell; "
-                     f"attack iterations (at {client_label(first.images, first.local_steps, first.local_lr)}) "
+                     f"attack iterations (at {at}) "
                      f"{budgets}; {training}.")
     return lines
 
@@ -102,7 +104,7 @@ def landing_rst(verdicts: pd.DataFrame, config: Mapping | None = None) -> str:
     lines += ["The answer", "~~~~~~~~~~", ""]
     if verdicts.empty:
         return "\n".join(lines + ["No verdicts: the study judged no cell.", ""])
-    verdicts = with_local_lr(verdicts)
+    verdicts = with_setting_columns(verdicts)
     counts = verdicts.verdict.value_counts()
     lines += [f"{len(verdicts)} verdicts: **{counts.get('holds', 0)} hold**, **{counts.get('fails', 0)} fail**, "
               f"**{counts.get('undecided', 0)} undecided** (a verdict is decided only when its 95% interval lies "

@@ -97,6 +97,22 @@ def given_noise(model: nn.Module, noise: torch.Tensor) -> Iterator[None]:
             b.code_mode, b.given_noise = mode, old
 
 
+@contextlib.contextmanager
+def given_noise_rows(model: nn.Module, rows: slice) -> Iterator[None]:
+    """Inside the block, bottlenecks with given noise (given_noise) use only its `rows`: a FedAvg local
+    step on a mini-batch passes that mini-batch's images, each with its own noise row."""
+    bottlenecks = [m for m in model.modules()
+                   if isinstance(m, VariationalBottleneck) and m.given_noise is not None]
+    previous = [b.given_noise for b in bottlenecks]
+    for b in bottlenecks:
+        b.given_noise = b.given_noise[rows]
+    try:
+        yield
+    finally:
+        for b, old in zip(bottlenecks, previous):
+            b.given_noise = old
+
+
 def kl_to_standard_normal_bits(mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, std^2) || N(0, I)) summed over the code, averaged over the batch, in bits."""
     kl_nats = 0.5 * (mu.pow(2) + std.pow(2) - 2 * torch.log(std) - 1).sum(dim=1)

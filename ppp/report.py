@@ -10,12 +10,12 @@ import pandas as pd
 
 from ppp.figures import per_epoch
 from ppp.io import atomic_path, read_json
-from ppp.verdicts import Thresholds, at_most, paired_accuracy_drop, with_local_lr  # noqa: F401 (re-exported)
+from ppp.verdicts import Thresholds, at_most, paired_accuracy_drop, with_setting_columns  # noqa: F401 (re-exported)
 
 # A cell: what was attacked (dataset, model, the client's update: images per update, local steps and their
-# learning rate, 0.0 for FedSGD (ppp.verdicts.SETTING), the defence and its sigma, the model state) and by
-# which attack.
-CLIENT = ["batch_size", "local_steps", "local_lr"]
+# learning rate, 0.0 for FedSGD, and images per local step, 0 for all (ppp.verdicts.SETTING), the defence
+# and its sigma, the model state) and by which attack.
+CLIENT = ["batch_size", "local_steps", "local_lr", "local_batch"]
 CELL = ["dataset", "arch", *CLIENT, "defense", "noise_scale", "attack", "model_state"]
 DEFENSE_CELL = ["dataset", "arch", *CLIENT, "defense", "noise_scale", "model_state"]
 # lpips: empty where off; ssim_half: SSIM of the attack's best iterate at half its budget (convergence)
@@ -37,7 +37,7 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
 def collect_reconstructions(paths: Iterable[str | Path]) -> pd.DataFrame:
     frames = [pd.read_csv(p) for p in paths]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECONSTRUCTION_COLUMNS)
-    frame = with_local_lr(frame, fedavg_lr=None)  # a FedSGD job's metrics from before local_lr was a column
+    frame = with_setting_columns(frame, fedavg_lr=None)  # a FedSGD job's metrics from before local_lr was a column
     return frame[RECONSTRUCTION_COLUMNS].sort_values(CELL + ["victim"], kind="stable").reset_index(drop=True)
 
 
@@ -91,7 +91,7 @@ def summarize(reconstructions: pd.DataFrame, utility: pd.DataFrame, success_ssim
     """Mean and median of each metric per cell (SSIM and PSNR medians with a 95% bootstrap interval over
     the cell's victims), the share of victims reconstructed (SSIM >= threshold), the attack's label
     accuracy, and the strongest attack on the cell's defence (cell_strongest_*)."""
-    reconstructions = with_local_lr(reconstructions, fedavg_lr=None)  # a key: NaN would drop rows
+    reconstructions = with_setting_columns(reconstructions, fedavg_lr=None)  # a key: NaN would drop rows
     grouped = reconstructions.groupby(CELL, sort=False)
     summary = grouped.agg(
         victims=("victim", "count"),
@@ -196,7 +196,7 @@ def findings(summary: pd.DataFrame, verdict_table: pd.DataFrame) -> pd.DataFrame
     protects = verdict_table[verdict_table.claim == "protects"]
     groups = summary.groupby(setting_keys, sort=False)
     for key, cell in groups:
-        dataset, arch, state, batch_size, local_steps, local_lr = key
+        dataset, arch, state, batch_size, local_steps, local_lr, local_batch = key
 
         def median(defense, attack, column="psnr_median", sigma=0.0):
             sel = cell[(cell.defense == defense) & (cell.attack == attack) & np.isclose(cell.noise_scale, sigma)]
@@ -219,10 +219,10 @@ def findings(summary: pd.DataFrame, verdict_table: pd.DataFrame) -> pd.DataFrame
 
         here = protects[(protects.dataset == dataset) & (protects.arch == arch) & (protects.model_state == state)
                         & (protects.batch_size == batch_size) & (protects.local_steps == local_steps)
-                        & (protects.local_lr == local_lr)]
+                        & (protects.local_lr == local_lr) & (protects.local_batch == local_batch)]
         on_precode = strongest("precode")
         row = dict(dataset=dataset, arch=arch, model_state=state, batch_size=batch_size, local_steps=local_steps,
-                   local_lr=local_lr,
+                   local_lr=local_lr, local_batch=local_batch,
                    psnr_ig_none=median("none", "ig"), ssim_ig_none=median("none", "ig", "ssim_median"),
                    psnr_ig_precode=median("precode", "ig"), ssim_ig_precode=median("precode", "ig", "ssim_median"),
                    psnr_targeted_precode=median("precode", "ig_targeted"),

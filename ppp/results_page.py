@@ -5,7 +5,8 @@ defence protects, both draws in one cell) for the README, and every claim side b
 tools/results_page.py writes both; benchmarks/verdict_stability.py prints the second.
 
 Reads verdict tables only (ppp/verdicts.py names their columns); any column may hold NaN. Tables from before
-a setting carried its local lr have no local_lr column: ppp.verdicts.with_local_lr fills it.
+a setting carried its local lr (or its images per local step) lack those columns:
+ppp.verdicts.with_setting_columns fills them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 
 import pandas as pd
 
-from ppp.verdicts import FAILS, HOLDS, SETTING, VERDICTS, contradictions, with_local_lr
+from ppp.verdicts import FAILS, HOLDS, SETTING, VERDICTS, contradictions, with_setting_columns
 
 KEYS = SETTING + ["claim", "defense", "noise_scale"]
 NOT_RUN = "(not run)"
@@ -68,20 +69,24 @@ def _defence_name(defense: str, sigma) -> str:
     return defense + (f" {float(sigma):g}" if _finite(sigma) and float(sigma) else "")
 
 
-def client_setting(batch_size, local_steps, model_state="init", unit: bool = True, local_lr=None) -> str:
+def client_setting(batch_size, local_steps, model_state="init", unit: bool = True, local_lr=None,
+                   local_batch=0) -> str:
     """"1 image", "4 images", "4 images, FedAvg 2 steps lr 0.1" (without unit: "1", "4, FedAvg 2 steps lr 0.1";
-    the lr where known); a model state other than init is named."""
+    the lr where known), "4 images, FedAvg 2 steps of 2 lr 0.1" on mini-batches; a model state other than
+    init is named."""
     images, steps = int(batch_size), int(local_steps)
     text = f"{images}" + (f" image{'s' if images != 1 else ''}" if unit else "")
     if steps > 1:
-        text += f", FedAvg {steps} steps" + (f" lr {float(local_lr):g}" if _finite(local_lr) else "")
+        per_step = int(local_batch) if _finite(local_batch) else 0
+        text += f", FedAvg {steps} steps" + (f" of {per_step}" if 0 < per_step < images else "") + (
+            f" lr {float(local_lr):g}" if _finite(local_lr) else "")
     return text + ("" if model_state == "init" else f" ({model_state} model)")
 
 
 def merge_draws(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
     """Both draws' rows per claim (the second draw's columns end in "_2"); a claim of one draw only keeps
     NaN in the other's columns. Sorted by setting, claim, defence and sigma."""
-    both = with_local_lr(first).merge(with_local_lr(second), on=KEYS, suffixes=("", "_2"), how="outer")
+    both = with_setting_columns(first).merge(with_setting_columns(second), on=KEYS, suffixes=("", "_2"), how="outer")
     return both.sort_values(KEYS, kind="stable").reset_index(drop=True)
 
 
@@ -97,7 +102,8 @@ def side_by_side(first: pd.DataFrame, second: pd.DataFrame) -> str:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for _, row in both.iterrows():
         zero, one = _draws(both, row)
-        setting = client_setting(row.batch_size, row.local_steps, row.model_state, unit=False, local_lr=row.local_lr)
+        setting = client_setting(row.batch_size, row.local_steps, row.model_state, unit=False, local_lr=row.local_lr,
+                                 local_batch=row.local_batch)
         lines.append(f"| {row.dataset} | {row.arch} | {setting} | {row.claim} | "
                      f"{_defence_name(row.defense, row.noise_scale)} | {claim_cell(zero)} | {claim_cell(one)} |")
     return "\n".join(lines)
@@ -155,7 +161,8 @@ def answer_table(first: pd.DataFrame, second: pd.DataFrame) -> str:
         sigma_text = f"{noisy[0]:g}" if len(noisy) == 1 else "per cell" if noisy else ""
         lines.append("| " + " | ".join([setting["dataset"], setting["arch"],
                                         client_setting(setting["batch_size"], setting["local_steps"],
-                                                       setting["model_state"], local_lr=setting["local_lr"]),
+                                                       setting["model_state"], local_lr=setting["local_lr"],
+                                                       local_batch=setting["local_batch"]),
                                         sigma_text, leaks] + cells) + " |")
     return "\n".join(lines)
 
@@ -163,7 +170,7 @@ def answer_table(first: pd.DataFrame, second: pd.DataFrame) -> str:
 def counts_text(first: pd.DataFrame, second: pd.DataFrame) -> str:
     """Per draw the count of each verdict, how many claims agree, and every holds/fails contradiction."""
     lines = [f"- {SAME_RUN}"] if first.equals(second) else []
-    first, second = with_local_lr(first), with_local_lr(second)
+    first, second = with_setting_columns(first), with_setting_columns(second)
     for name, table in (("draw 0", first), ("draw 1", second)):
         lines.append(f"- {name}: {len(table)} claims; " + ", ".join(
             f"{v} {int((table.verdict == v).sum())}" for v in VERDICTS) + ".")
@@ -173,7 +180,8 @@ def counts_text(first: pd.DataFrame, second: pd.DataFrame) -> str:
     clash = contradictions(first, second)
     if len(clash):
         lines.append(f"- **Contradictions** (holds under one draw, fails under the other): {len(clash)}: " + "; ".join(
-            f"{r.dataset} {r.arch} {client_setting(r.batch_size, r.local_steps, r.model_state, local_lr=r.local_lr)} "
+            f"{r.dataset} {r.arch} "
+            f"{client_setting(r.batch_size, r.local_steps, r.model_state, local_lr=r.local_lr, local_batch=r.local_batch)} "
             f"{r.claim} "
             f"{_defence_name(r.defense, r.noise_scale)}" for r in clash.itertuples()) + ".")
     else:

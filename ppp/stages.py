@@ -201,7 +201,8 @@ def capture_gradients(arch: str, defense_name: str, noise_scale: float, noise: d
     stacked["labels"] = labels[used].clone()
     info = {"defense": defense_name, "noise_scale": str(noise_scale), "state": state,
             "num_victims": str(len(used)), "model_mode": model_mode, "images_per_update": str(setting.images),
-            "local_steps": str(setting.local_steps), "local_lr": str(setting.local_lr)}
+            "local_steps": str(setting.local_steps), "local_lr": str(setting.local_lr),
+            "local_batch": str(setting.local_batch)}
     if defense.per_example:
         info["epsilon_per_update"] = f"{dpsgd_epsilon(noise_scale, setting.local_steps, defense.delta):.6g}"
     save_tensors(out, stacked, metadata=info)
@@ -409,15 +410,19 @@ def parse_cell(reconstructions_path: str) -> dict:
     if setting.name != client:  # e.g. b4s2: a FedAvg path names its local lr (b4s2lr0.1)
         raise ValueError(f"{reconstructions_path}: client setting {client!r} is not a setting's name "
                          f"(FedSGD b<images>s1, FedAvg b<images>s<local steps>lr<local lr>)")
-    # local_lr keys the setting: FedAvg's own rate, 0.0 for FedSGD (where it plays no role).
+    # local_lr keys the setting: FedAvg's own rate, 0.0 for FedSGD (where it plays no role); local_batch its
+    # images per local step, 0 for all of them.
     return dict(dataset=dataset, arch=arch, batch_size=setting.images, local_steps=setting.local_steps,
-                local_lr=setting.key_lr, defense=defense, noise_scale=float(sigma), attack=attack, model_state=state)
+                local_lr=setting.key_lr, local_batch=setting.local_batch, defense=defense, noise_scale=float(sigma),
+                attack=attack, model_state=state)
 
 
 def cell_setting(cell: dict) -> ClientSetting:
     """The client setting of a parsed cell (parse_cell; FedSGD's lr, 0.0 there, is the class default)."""
     images, steps = int(cell["batch_size"]), int(cell["local_steps"])
-    return ClientSetting(images, steps, float(cell["local_lr"])) if steps > 1 else ClientSetting(images, steps)
+    if steps == 1:
+        return ClientSetting(images, steps)
+    return ClientSetting(images, steps, float(cell["local_lr"]), int(cell.get("local_batch", 0) or 0))
 
 
 def attack_run_name(reconstructions_path: str) -> str:
@@ -543,7 +548,7 @@ def evaluate_cells(reconstruction_paths: list[str], victims_path: str, out_csv: 
     first = grid_rows[0][0] if grid_rows else None
     setting = "" if first is None else (
         f"{first['dataset']} / {first['arch']}, "
-        f"{client_label(first['batch_size'], first['local_steps'], first['local_lr'])}, "
+        f"{client_label(first['batch_size'], first['local_steps'], first['local_lr'], first['local_batch'])}, "
         f"{first['model_state']} model: originals, then the strongest attack per defence")
     reconstruction_grid(victims["images"][:n], [row for _, row, _, _ in strongest_per_defense(grid_rows)], out_grid,
                         max_images=grid_images, title=setting)

@@ -40,8 +40,9 @@ HOLDS, FAILS, UNDECIDED = "holds", "fails", "undecided"
 VERDICTS = (HOLDS, FAILS, UNDECIDED)
 
 # A client setting: images per update, local steps and, for FedAvg, the local learning rate (0.0 for FedSGD,
-# where one step's gradient does not depend on it), so FedAvg at two rates on one architecture are two settings.
-SETTING = ["dataset", "arch", "model_state", "batch_size", "local_steps", "local_lr"]
+# where one step's gradient does not depend on it), so FedAvg at two rates on one architecture are two settings,
+# and the images per local step (0: all of the update's, full batch; FedAvg on mini-batches otherwise).
+SETTING = ["dataset", "arch", "model_state", "batch_size", "local_steps", "local_lr", "local_batch"]
 # Tables written before local_lr joined the key lack the column; their FedAvg settings ran at the presets'
 # client.local_lr of the time, 0.1 (config/config.yaml at e127164, the runs of docs/results/).
 LEGACY_FEDAVG_LR = 0.1
@@ -60,10 +61,12 @@ COLUMNS = SETTING + ["claim", "defense", "noise_scale", "verdict", "attack", "st
                      "plateaued", "indicative", "units", "images", "detail"]
 
 
-def with_local_lr(frame: pd.DataFrame, fedavg_lr: float | None = LEGACY_FEDAVG_LR) -> pd.DataFrame:
-    """The frame with a local_lr column (after local_steps) where it has none or a value is missing: 0.0
-    for FedSGD rows, `fedavg_lr` for FedAvg rows (None: an error, the rate being unknown)."""
-    if "local_lr" in frame.columns and not frame.local_lr.isna().any():
+def with_setting_columns(frame: pd.DataFrame, fedavg_lr: float | None = LEGACY_FEDAVG_LR) -> pd.DataFrame:
+    """The frame with the client setting's later key columns where it lacks them or a value is missing:
+    local_lr (after local_steps) 0.0 for FedSGD rows, `fedavg_lr` for FedAvg rows (None: an error, the rate
+    being unknown); local_batch (after local_lr) 0, full batch, the only kind before it was a column."""
+    keys = ["local_lr", "local_batch"]
+    if set(keys) <= set(frame.columns) and not frame[keys].isna().to_numpy().any():
         return frame
     frame = frame.copy()
     given = frame["local_lr"] if "local_lr" in frame.columns else pd.Series(np.nan, index=frame.index, dtype=float)
@@ -73,8 +76,10 @@ def with_local_lr(frame: pd.DataFrame, fedavg_lr: float | None = LEGACY_FEDAVG_L
                          "evaluate them again")
     missing = pd.Series(np.where(fedsgd, 0.0, np.nan if fedavg_lr is None else fedavg_lr), index=frame.index)
     filled = given.astype(float).fillna(missing)
-    frame = frame.drop(columns="local_lr", errors="ignore")
+    batch = frame["local_batch"] if "local_batch" in frame.columns else pd.Series(0, index=frame.index)
+    frame = frame.drop(columns=["local_lr", "local_batch"], errors="ignore")
     frame.insert(frame.columns.get_loc("local_steps") + 1, "local_lr", filled.astype(float))
+    frame.insert(frame.columns.get_loc("local_lr") + 1, "local_batch", pd.to_numeric(batch).fillna(0).astype(int))
     return frame
 
 
@@ -163,9 +168,11 @@ class SettingSample:
     def __init__(self, frame: pd.DataFrame, key: tuple, thresholds: Thresholds):
         self.units = sorted(frame.update_id.unique())
         self.index = {u: i for i, u in enumerate(self.units)}
-        # Seeded by the setting without its lr (as before local_lr joined the key, so earlier tables' draws
-        # stay): FedAvg at two rates draws the same updates, as every cell of a setting does.
-        seed = zlib.crc32(repr(tuple(str(k) for k, c in zip(key, SETTING) if c != "local_lr")).encode())
+        # Seeded by the setting without its lr and, at full batch, its local_batch (as before they joined the
+        # key, so earlier tables' draws stay): FedAvg at two rates draws the same updates, as every cell of a
+        # setting does.
+        seed = zlib.crc32(repr(tuple(str(k) for k, c in zip(key, SETTING)
+                                     if c != "local_lr" and not (c == "local_batch" and int(k) == 0))).encode())
         self.draws = np.random.default_rng(seed).integers(0, len(self.units),
                                                           size=(thresholds.resamples, len(self.units)))
         self.tail = (1 - thresholds.level) / 2
@@ -266,7 +273,7 @@ def judge(reconstructions: pd.DataFrame, correct: dict[tuple, np.ndarray] | None
     the model's per-example test correctness. `curves`: per (dataset, arch) the undefended model's test
     accuracy per epoch, from which `plateaued` decides whether accuracy claims are judged."""
     t, correct, curves = thresholds, correct or {}, curves or {}
-    reconstructions = with_local_lr(reconstructions, fedavg_lr=None)
+    reconstructions = with_setting_columns(reconstructions, fedavg_lr=None)
     rows: list[dict] = []
     for key, frame in reconstructions.groupby(SETTING, sort=True):
         dataset, arch = key[0], key[1]
@@ -392,7 +399,7 @@ def counts(table: pd.DataFrame) -> dict[str, int]:
 def contradictions(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
     """Claims that hold in one table and fail in the other (two victim draws of the same study)."""
     keys = SETTING + ["claim", "defense", "noise_scale"]
-    first, second = with_local_lr(first), with_local_lr(second)
+    first, second = with_setting_columns(first), with_setting_columns(second)
     both = first[keys + ["verdict"]].merge(second[keys + ["verdict"]], on=keys, suffixes=("_first", "_second"))
     clash = ((both.verdict_first == HOLDS) & (both.verdict_second == FAILS)) | (
         (both.verdict_first == FAILS) & (both.verdict_second == HOLDS))

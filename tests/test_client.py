@@ -121,8 +121,8 @@ def test_evaluation_keys_a_cell_by_its_setting_s_lr_and_names_its_metrics_by_the
     from ppp.io import save_tensors
 
     assert stages.parse_cell("r/attacks/mnist/lenet/b4s2lr0.01/ppp/0.1/init/head/reconstructions.safetensors") == dict(
-        dataset="mnist", arch="lenet", batch_size=4, local_steps=2, local_lr=0.01, defense="ppp", noise_scale=0.1,
-        attack="head", model_state="init")
+        dataset="mnist", arch="lenet", batch_size=4, local_steps=2, local_lr=0.01, local_batch=0, defense="ppp",
+        noise_scale=0.1, attack="head", model_state="init")
     assert stages.parse_cell("r/attacks/mnist/lenet/b4s1/none/0/init/ig/reconstructions.safetensors")["local_lr"] == 0.0
     with pytest.raises(ValueError, match="lr<local lr>"):  # a FedAvg path without its rate
         stages.parse_cell("r/attacks/mnist/lenet/b4s2/none/0/init/ig/reconstructions.safetensors")
@@ -519,6 +519,36 @@ def test_a_client_setting_sets_its_own_attack_budget_over_the_architectures():
         validate_config(config)
 
 
+def test_a_fedavg_update_on_mini_batches_is_configured_by_local_batch():
+    """client.updates[].local_batch: full batch and 2 mini-batches of 2 at the same images, steps and lr are
+    two settings (names, paths, table rows); the scripts rebuild each from its name; a size that does not
+    divide the update is one error naming the key."""
+    import yaml
+
+    from ppp.config import ConfigError, client_setting, client_settings, validate_config
+    from ppp.stages import cell_setting, parse_cell
+
+    config = yaml.safe_load(open("config/config.yaml"))
+    config["client"]["per_arch"]["lenet"]["updates"] = [
+        {"images": 4, "local_steps": 2, "local_lr": 0.1},
+        {"images": 4, "local_steps": 2, "local_lr": 0.1, "local_batch": 2},
+        {"images": 4, "local_steps": 2, "local_lr": 0.1, "local_batch": 4}]  # all 4 per step: full batch
+    with pytest.raises(ConfigError, match="lenet lists the setting b4s2lr0.1 twice"):
+        validate_config(config)
+    del config["client"]["per_arch"]["lenet"]["updates"][2]
+    validate_config(config)
+    settings = client_settings(config, "lenet")
+    assert [s.name for s in settings] == ["b4s2lr0.1", "b4s2lr0.1m2"]
+    assert settings[1].batches == [[0, 1], [2, 3]] and settings[0].batches is None
+    for setting in settings:
+        assert ClientSetting.parse(setting.name, client_setting(config, "lenet", setting.name).local_lr) == setting
+        cell = parse_cell(f"results/attacks/mnist/lenet/{setting.name}/none/0/init/ig/reconstructions.safetensors")
+        assert cell["local_batch"] == setting.local_batch and cell_setting(cell) == setting
+    config["client"]["per_arch"]["lenet"]["updates"][1]["local_batch"] = 3
+    with pytest.raises(ConfigError, match=r"'client.updates' \(lenet\): client local_batch must divide the 4 images"):
+        validate_config(config)
+
+
 def test_fedavg_on_mini_batches_visits_them_in_turn_and_the_server_simulates_it(mnist_victims):
     """2 mini-batches of 2 (b4s3lr0.05m2): steps take images 0-1, 2-3, 0-1; the client's pseudo-gradient is
     the plain SGD run's on those batches, and both server simulations reproduce it."""
@@ -555,3 +585,33 @@ def test_fedavg_on_mini_batches_visits_them_in_turn_and_the_server_simulates_it(
         assert torch.allclose(simulated[name], client[name], rtol=1e-4, atol=1e-6), name
         assert torch.allclose(functional[name], client[name], rtol=1e-4, atol=1e-6), name
     assert not torch.allclose(full[names[0]], client[names[0]], rtol=1e-3)
+
+
+def test_the_latent_attacks_noise_follows_each_images_mini_batch(mnist_victims):
+    """FedAvg on mini-batches of a PRECODE model with the latent attack's given noise (one row per image):
+    each local step's forward pass takes its own images' noise rows (the attack crashed on a shape
+    mismatch before), the same as the steps done by hand."""
+    from ppp.precode import given_noise
+
+    images, labels = mnist_victims[0][:4], mnist_victims[1][:4]
+    model = _model(precode=PrecodeSpec(bottleneck_size=16))
+    noise = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    names = [n for n, _ in model.named_parameters()]
+    batches = ClientSetting(4, 2, 0.05, local_batch=2).batches
+    with given_noise(model, noise):
+        simulated = simulated_local_training(model, images, labels, names, 2, 0.05, create_graph=False,
+                                             batches=batches)
+    params = dict(model.named_parameters())
+    start = {n: p.detach().clone() for n, p in params.items()}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    with torch.no_grad():
+        for rows in ([0, 1], [2, 3]):
+            with torch.enable_grad(), given_noise(model, noise[rows]):
+                step = shared_gradient(model, images[rows], labels[rows])
+            for n, p in params.items():
+                total[n] += step[n] / 2
+                p.sub_(0.05 * step[n])
+        for n, p in params.items():
+            p.copy_(start[n])
+    for name in names:
+        assert torch.allclose(simulated[name], total[name], rtol=1e-4, atol=1e-6), name

@@ -7,7 +7,7 @@ import pytest
 
 from ppp.report import RECONSTRUCTION_COLUMNS
 from ppp.verdicts import (FAILS, HOLDS, SETTING, UNDECIDED, Thresholds, all_of, any_of, compare, contradictions,
-                          judge, plateaued, with_local_lr)
+                          judge, plateaued, with_setting_columns)
 
 
 def _rows(defense, sigma, attack, ssim, psnr, batch_size=1, ssim_half=None):
@@ -187,6 +187,23 @@ def test_fedavg_at_two_local_learning_rates_are_two_settings_with_their_own_verd
 def test_tables_from_before_the_local_lr_column_read_as_fedsgd_0_and_fedavg_0_1():
     old = pd.DataFrame({"dataset": ["mnist"] * 2, "arch": ["lenet"] * 2, "model_state": ["init"] * 2,
                         "batch_size": [4, 4], "local_steps": [1, 2], "claim": ["F1", "F1"]})
-    filled = with_local_lr(old)
-    assert list(filled.columns[:6]) == SETTING and list(filled.local_lr) == [0.0, 0.1]
-    assert with_local_lr(filled) is filled  # nothing to fill
+    filled = with_setting_columns(old)
+    assert list(filled.columns[:7]) == SETTING and list(filled.local_lr) == [0.0, 0.1]
+    assert list(filled.local_batch) == [0, 0]  # full batch: the only kind before local_batch was a column
+    assert with_setting_columns(filled) is filled  # nothing to fill
+
+
+def test_fedavg_on_mini_batches_is_its_own_setting_beside_full_batch():
+    """Full batch and 2 mini-batches of 2 at the same images, steps and lr: two settings, each judged on its
+    own images (one leaks, the other does not), and full batch keeps the bootstrap draws it had before
+    local_batch was a column."""
+    full = _fedavg(_rows("none", 0.0, "ig", np.linspace(0.85, 0.95, 16), 30.0, batch_size=4), 0.1)
+    mini = [dict(r, local_batch=2) for r in _fedavg(_rows("none", 0.0, "ig", np.linspace(0.02, 0.05, 16), 10.0,
+                                                          batch_size=4), 0.1)]
+    table = _table(full, mini)
+    f1 = table[table.claim == "F1"].set_index("local_batch").verdict
+    assert f1.to_dict() == {0: HOLDS, 2: FAILS}
+    before = judge(pd.DataFrame(full, columns=[c for c in RECONSTRUCTION_COLUMNS if c != "local_batch"]))
+    columns = ["claim", "defense", "noise_scale", "verdict", "estimate", "ci_low", "ci_high"]
+    got = table[table.local_batch == 0][columns].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, before[columns].reset_index(drop=True))

@@ -50,12 +50,13 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
     assert list(recon.columns) == RECONSTRUCTION_COLUMNS
     # none, noise, precode, ppp, dpsgd with ig, plus ig_targeted, latent and analytic on precode and
     # ppp: 11 cells.
-    # Each at one image per update and at one FedAvg update of 2 images in 2 local steps.
+    # Each at one image per update and at one FedAvg update of 2 images in 2 local steps of 1 image.
     cells = recon.groupby(["batch_size", "local_steps", "defense", "noise_scale", "attack"]).size()
     assert len(cells) == 22 and set(cells) == {config["attack"]["defaults"]["victims"]}
     assert set(zip(recon.batch_size, recon.local_steps)) == {(1, 1), (2, 2)}
     # FedAvg's rate keys its setting (config/test.yaml's client.local_lr); FedSGD's is 0.
     assert set(zip(recon.local_steps, recon.local_lr)) == {(1, 0.0), (2, config["client"]["local_lr"])}
+    assert set(zip(recon.local_steps, recon.local_batch)) == {(1, 0), (2, 1)}  # full batch is 0
     assert (recon[recon.batch_size == 2].update_id == 0).all()
     assert recon[recon.batch_size == 1].update_id.tolist()[:2] == [0, 1]
     assert (recon.label_accuracy == 1).all()  # the server is told the labels here
@@ -95,7 +96,7 @@ def test_tables_have_one_row_per_victim_per_cell(finished_run):
     # The victims are a class-balanced draw from the test split: distinct labels here.
     assert recon[recon.batch_size == 1].groupby("victim").label.first().nunique() == 2
     for plot in ("privacy_utility.png", "batch_size.png", "learning_curves.png",
-                 "reconstructions_mnist_mlp_b1s1_init.png", "reconstructions_mnist_mlp_b2s2lr0.1_init.png"):
+                 "reconstructions_mnist_mlp_b1s1_init.png", "reconstructions_mnist_mlp_b2s2lr0.1m1_init.png"):
         assert (workdir / "results" / "plots" / plot).stat().st_size > 1000
 
 
@@ -177,8 +178,8 @@ def test_every_attack_run_shows_its_reconstruction_and_every_training_run_its_cu
         assert all(-1 <= m.value <= 1 for m in ssim)
     # A cell is found by its params with the UI's search.
     found = client.search_runs([experiment.experiment_id], "params.defense = 'ppp' and params.attack = 'latent' "
-                               "and params.client = 'b2s2lr0.1' and params.sigma = '0.1' and params.dataset = 'mnist'")
-    assert [r.info.run_name for r in found] == ["attack/mnist/mlp/b2s2lr0.1/ppp/0.1/init/latent"]
+                               "and params.client = 'b2s2lr0.1m1' and params.sigma = '0.1' and params.dataset = 'mnist'")
+    assert [r.info.run_name for r in found] == ["attack/mnist/mlp/b2s2lr0.1m1/ppp/0.1/init/latent"]
     utility = pd.read_csv(results / "tables" / "utility.csv")
     training = [r for r in runs if r.data.tags.get("rule") == "train"]
     assert len(training) == len(utility) == 5
@@ -213,7 +214,7 @@ def test_the_report_opens_on_the_questions_the_preset_and_the_verdicts_with_ever
         assert text in html, text
     assert "has not finished here yet" not in html
     plots = ["privacy_utility", "batch_size", "learning_curves", "worst_case", "reconstructions_mnist_mlp_b1s1_init",
-             "reconstructions_mnist_mlp_b2s2lr0.1_init"]
+             "reconstructions_mnist_mlp_b2s2lr0.1m1_init"]
     for plot in plots:
         assert f'"results/plots/{plot}.png": {{"name": "{plot}.png"' in html, plot
 
@@ -282,8 +283,8 @@ def test_rerun_does_nothing_and_new_victims_rerun_only_what_depends_on_them(fini
     planned = planned_rules(snakemake(workdir, "-n"))
     # Capture and attack have a rule per architecture and client setting (and attack): capture_mlp_b1s1,
     # attack_mlp_b1s1_ig, ...
-    assert {"prepare_victims", "capture_mlp_b1s1", "capture_mlp_b2s2lr0.1", "attack_mlp_b1s1_ig",
-            "attack_mlp_b2s2lr0.1_analytic", "evaluate", "aggregate"} <= planned
+    assert {"prepare_victims", "capture_mlp_b1s1", "capture_mlp_b2s2lr0.1m1", "attack_mlp_b1s1_ig",
+            "attack_mlp_b2s2lr0.1m1_analytic", "evaluate", "aggregate"} <= planned
     assert not {rule for rule in planned if rule.startswith(("prepare_data", "init_model", "train"))}
 
 

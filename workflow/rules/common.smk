@@ -32,7 +32,7 @@ wildcard_constraints:
     defense="|".join(DEFENSES),
     sigma=r"[0-9][0-9.e+-]*",
     state="init|trained",
-    client=r"b[0-9]+s[0-9]+(?:lr[0-9][0-9.e+-]*)?",
+    client=r"b[0-9]+s[0-9]+(?:lr[0-9][0-9.e+-]*)?(?:m[0-9]+)?",  # ppp.client.SETTING_PATTERN
     attack="[a-z_]+",
 
 

@@ -29,8 +29,9 @@ with job(snakemake, {"verdicts": snakemake.params.verdicts}) as run:
     # The study's answer on the invocation's parent run: the verdict table (a table the MLflow UI shows),
     # its counts, and every figure.
     run.log_parent_table(out.verdicts, "verdicts.json", ["claim", "verdict", "dataset", "arch", "batch_size",
-                                                        "local_steps", "local_lr", "defense", "noise_scale", "attack",
-                                                        "statistic", "estimate", "ci_low", "ci_high", "threshold"])
+                                                        "local_steps", "local_lr", "local_batch", "defense",
+                                                        "noise_scale", "attack", "statistic", "estimate", "ci_low",
+                                                        "ci_high", "threshold"])
     run.log_parent_artifact(out.verdicts)
     run.log_parent_metrics({f"verdicts_{k}": v for k, v in verdicts.counts(table).items()})
     for path in plots:

@@ -12,7 +12,7 @@ from ppp.seeding import derive_seed
 p, w = snakemake.params, snakemake.wildcards
 setting = ClientSetting.parse(p.client, p.local_lr)
 params = {"attack_options": p.attack_options, "model_mode": p.model_mode, "images_per_update": setting.images,
-          "local_steps": setting.local_steps, "local_lr": setting.local_lr,
+          "local_steps": setting.local_steps, "local_lr": setting.local_lr, "local_batch": setting.local_batch,
           "server_knows_local_hyperparameters": p.server_knows_local_hyperparameters}
 
 

@@ -8,7 +8,8 @@ from ppp.models import PrecodeSpec
 p, w = snakemake.params, snakemake.wildcards
 setting = ClientSetting.parse(p.client, p.local_lr)
 params = {"num_victims": p.num_victims, "noise": p.noise, "model_mode": p.model_mode,
-          "images_per_update": setting.images, "local_steps": setting.local_steps, "local_lr": setting.local_lr}
+          "images_per_update": setting.images, "local_steps": setting.local_steps, "local_lr": setting.local_lr,
+          "local_batch": setting.local_batch}
 with job(snakemake, record=False):
     for cell, model, out in zip(p.cells, snakemake.input.models, snakemake.output.gradients):
         wildcards = dict(dataset=w.dataset, arch=p.arch, client=p.client, defense=cell["defense"],
