@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 import sys
@@ -60,14 +59,12 @@ ARCH_ORDER = ("mlp", "lenet", "convnet", "resnet18")
 def merged_config(configfiles: list[str], base: str = "config/config.yaml") -> dict:
     """config/config.yaml with each --configfile merged over it key by key (Snakemake's semantics:
     nested dicts merge, anything else, lists included, is replaced), then validated with defaults."""
-    from snakemake.utils import update_config
-
-    from ppp.config import validate_config
+    from ppp.config import merge_config, validate_config
 
     config = yaml.safe_load((REPO / base).read_text())
     for path in configfiles:
-        update_config(config, yaml.safe_load(Path(path).read_text()))
-    return validate_config(copy.deepcopy(config))
+        merge_config(config, yaml.safe_load(Path(path).read_text()))
+    return validate_config(config)
 
 
 def attack_plan(config: dict) -> list[dict]:

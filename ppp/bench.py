@@ -31,12 +31,9 @@ OVERRIDES = ("lr", "tv_weight", "restarts", "init", "precode_code", "keep_encode
 def preset_settings(config_path, arch: str, overrides: dict) -> dict:
     """The model options, PRECODE, threat model and attack options the preset uses for `arch`, with
     the command line's overrides: the benchmark measures what the workflow runs."""
-    import yaml
+    from ppp.config import attack_options, client_settings, load_preset, model_mode, noise_options
 
-    from ppp.config import attack_options, client_settings, model_mode, noise_options, validate_config
-
-    with open(config_path) as handle:
-        config = validate_config(yaml.safe_load(handle))
+    config = load_preset(config_path)  # merged over config/config.yaml, as `snakemake --configfile` does
     # The preset's own options at the client setting benchmarked, where it sweeps that setting.
     # FedAvg settings are named by their lr too (b4s2lr0.1): the one at the benchmark's lr, else the first.
     wanted = (overrides.get("images_per_update") or 1, overrides.get("local_steps") or 1)
@@ -235,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="rows per vectorised pass (default: all)")
     parser.add_argument("--width", type=int, default=None, help="model width (default: the preset's)")
     parser.add_argument("--config", default=None,
-                        help="the preset whose model, threat model and attack settings are used "
-                             "(default: config/config.yaml)")
+                        help="the preset whose model, threat model and attack settings are used, merged over "
+                             "config/config.yaml as snakemake --configfile merges it (default: config/config.yaml)")
     parser.add_argument("--model-mode", default=None, choices=["eval", "train"], help="override the preset's")
     parser.add_argument("--precode-code", default=None, choices=["sample", "mean"], help="override the preset's")
     parser.add_argument("--tv-weight", type=float, default=None, help="override the preset's")

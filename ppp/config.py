@@ -10,6 +10,7 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,34 @@ def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     _check_datasets(config)
     check_client_settings(config)
     return config
+
+
+def merge_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` merged into `base` in place as `snakemake --configfile` merges a preset over the
+    Snakefile's config: nested dicts merge key by key, anything else (lists included) is replaced."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_config(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def load_preset(path: str | Path, base: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:
+    """A preset as the workflow runs it (`snakemake --configfile path`): merged over config/config.yaml
+    (itself when `path` is that file), validated, defaults filled."""
+    def read(file):
+        try:
+            loaded = yaml.safe_load(Path(file).read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"config file {file}: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file}: expected a mapping of config keys")
+        return loaded
+    config = read(base)
+    if Path(path).resolve() != Path(base).resolve():
+        merge_config(config, read(path))
+    return validate_config(config)
 
 
 def check_victim_files(config: dict[str, Any], base: str | Path = ".") -> None:

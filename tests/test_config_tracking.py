@@ -5,27 +5,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ppp.config import ConfigError, validate_config
+from ppp.config import ConfigError, load_preset, merge_config, validate_config
 from ppp.tracking import JobRecord, mirror_records, sqlite_uri
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def merged_over_default(overlay: dict, base: dict) -> dict:
-    """What Snakemake makes of `--configfile <overlay>` on top of config/config.yaml: dicts merge key by
-    key, anything else is replaced."""
-    merged = dict(base)
-    for key, value in overlay.items():
-        merged[key] = merged_over_default(value, base[key]) if isinstance(value, dict) and \
-            isinstance(base.get(key), dict) else value
-    return merged
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
 def test_presets_validate(name):
     default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     overlay = yaml.safe_load((REPO / "config" / name).read_text())
-    config = validate_config(merged_over_default(overlay, default))
+    config = load_preset(REPO / "config" / name)  # as snakemake --configfile merges it over the default
     assert config["mlflow"]["experiment"]  # defaults filled in
     assert set(config["archs"]) == set(overlay.get("archs", default["archs"]))
 
@@ -36,9 +26,7 @@ def test_the_deep_cpu_preset_runs_the_cells_it_names_over_the_default():
     from ppp.config import (attack_options, attack_runs_on, client_attacks, client_settings, client_victims,
                             defense_scales)
 
-    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config = validate_config(merged_over_default(yaml.safe_load((REPO / "config" / "deep_cpu.yaml").read_text()),
-                                                 default))
+    config = load_preset(REPO / "config" / "deep_cpu.yaml")
     assert config["archs"] == ["convnet", "resnet18"] and not config["training"]["enabled"]
     assert config["models"]["convnet"]["width"] == config["models"]["resnet18"]["width"] == 64
     assert config["models"]["resnet18"]["norm_groups"] == 2 and config["threat_model"]["model_mode"] == "eval"
@@ -53,6 +41,30 @@ def test_the_deep_cpu_preset_runs_the_cells_it_names_over_the_default():
         assert attack_options(config, arch, "ig")["convergence_images"] == 4
         assert len(defense_scales(config, arch, "ppp")) == 1
     assert [d for d in config["defenses"] if attack_runs_on(config, "ig", d)] == ["none", "precode"]
+
+
+def test_a_preset_merges_over_the_default_as_snakemake_configfile_does(tmp_path):
+    """Nested dicts merge key by key, lists and scalars are replaced, the default file is left alone."""
+    base = {"attack": {"defaults": {"iterations": 10, "lr": 0.1}}, "archs": ["mlp", "lenet"]}
+    merged = merge_config(copy.deepcopy(base), {"attack": {"defaults": {"iterations": 20}}, "archs": ["convnet"]})
+    assert merged == {"attack": {"defaults": {"iterations": 20, "lr": 0.1}}, "archs": ["convnet"]}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_preset(bad)
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_preset(tmp_path / "missing.yaml")
+
+
+def test_the_benchmark_measures_the_deep_preset_as_the_workflow_runs_it():
+    """ppp-bench --config config/deep_cpu.yaml: the preset over the default (it was read alone and failed),
+    so the benchmark's ResNet-18 gets the preset's budget, TV and contrast step."""
+    from ppp.bench import preset_settings
+
+    settings = preset_settings(REPO / "config" / "deep_cpu.yaml", "resnet18", {"attack": "ig"})
+    assert settings["model_options"] == {"width": 64, "norm_groups": 2}
+    assert settings["attack"]["iterations"] == 400 and settings["attack"]["tv_weight"] == 0.01
+    assert settings["attack"]["contrast"] == "max_in_box"
 
 
 @pytest.mark.parametrize("change,key", [
