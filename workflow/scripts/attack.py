@@ -5,6 +5,7 @@ import logging
 
 from ppp import stages
 from ppp.client import ClientSetting
+from ppp.hardware import resolve_precision
 from ppp.jobs import cell_record, job
 from ppp.models import PrecodeSpec
 from ppp.seeding import derive_seed
@@ -39,9 +40,13 @@ with job(snakemake, record=False), contextlib.ExitStack() as records:
     cells = [stages.AttackCell(gradients, model, c["has_precode"], cell_seed(c), out)
              for c, gradients, model, out in zip(p.cells, snakemake.input.gradients, snakemake.input.models,
                                                  snakemake.output.reconstructions)]
+    device = stages.resolve_device(p.device)
+    # precision: auto resolves per machine (bfloat16 where native): record what ran.
+    precision = resolve_precision(p.attack_options.get("precision", "float32"), device)
+    logging.info("attack precision: %s (attack.precision: %s)", precision, p.attack_options.get("precision", "float32"))
     summaries = stages.run_attack_cells(
         p.arch, p.attack, p.attack_options, cells, snakemake.input.meta, p.model_options, PrecodeSpec(**p.precode),
-        stages.resolve_device(p.device), progress=progress, model_mode=p.model_mode, setting=setting,
+        device, progress=progress, model_mode=p.model_mode, setting=setting,
         server_knows_local_hyperparameters=p.server_knows_local_hyperparameters)
     for run, summary in zip(runs, summaries):
         run.log_metrics({"attack_seconds": summary["seconds"], "final_gradient_loss": summary["gradient_loss_mean"],
@@ -49,4 +54,4 @@ with job(snakemake, record=False), contextlib.ExitStack() as records:
                          "image_iterations_per_second": summary["image_iterations_per_second"],
                          "oom_retries": summary["oom_retries"]})
         run.set_tags({"attack_engine": summary["engine"], "cells_in_pass": summary["cells_in_pass"],
-                      "rows_per_pass": str(summary["rows_per_pass"] or "all")})
+                      "rows_per_pass": str(summary["rows_per_pass"] or "all"), "attack_precision": precision})
