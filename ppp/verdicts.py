@@ -64,7 +64,10 @@ COLUMNS = SETTING + ["claim", "defense", "noise_scale", "verdict", "attack", "st
 def with_setting_columns(frame: pd.DataFrame, fedavg_lr: float | None = LEGACY_FEDAVG_LR) -> pd.DataFrame:
     """The frame with the client setting's later key columns where it lacks them or a value is missing:
     local_lr (after local_steps) 0.0 for FedSGD rows, `fedavg_lr` for FedAvg rows (None: an error, the rate
-    being unknown); local_batch (after local_lr) 0, full batch, the only kind before it was a column."""
+    being unknown); local_batch (after local_lr) 0, full batch, the only kind before it was a column. The noise
+    scale is a float (a table with no noisy cell reads it as integers, which would not key against another's)."""
+    if "noise_scale" in frame.columns and frame["noise_scale"].dtype != float:
+        frame = frame.assign(noise_scale=frame["noise_scale"].astype(float))
     keys = ["local_lr", "local_batch"]
     if set(keys) <= set(frame.columns) and not frame[keys].isna().to_numpy().any():
         return frame

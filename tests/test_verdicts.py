@@ -132,6 +132,23 @@ def test_verdicts_are_seeded_and_contradictions_are_found():
     assert contradictions(first, again).empty
 
 
+def test_draws_read_back_from_csv_key_alike_when_one_has_no_noisy_cell(tmp_path):
+    """An F1-only draw's noise_scale column is all zeros and reads back as integers: it must still meet the
+    other draw's float column row for row, without pandas' int/float merge warning."""
+    import warnings
+
+    first = _table(*_defended())
+    f1_only = first[first.defense == "none"].assign(verdict=FAILS).astype({"noise_scale": int})  # as aggregate wrote it
+    first.to_csv(tmp_path / "first.csv", index=False)
+    f1_only.to_csv(tmp_path / "second.csv", index=False)
+    read_first, read_second = pd.read_csv(tmp_path / "first.csv"), pd.read_csv(tmp_path / "second.csv")
+    assert read_second.noise_scale.dtype.kind == "i"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clash = contradictions(read_first, read_second)
+    assert set(clash.claim) == {"F1"} and len(clash) == len(f1_only)
+
+
 def test_too_few_updates_decide_nothing():
     """Two 4-image updates: no interval, every verdict undecided, however clear the medians look."""
     table = _table(_rows("none", 0.0, "ig", np.full(8, 0.95), 40.0, batch_size=4),
