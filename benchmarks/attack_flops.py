@@ -48,23 +48,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ppp.config import load_preset  # noqa: E402  (the checkout's ppp, after its path)
+
 ARCH_ORDER = ("mlp", "lenet", "convnet", "resnet18")
-
-
-def merged_config(configfiles: list[str], base: str = "config/config.yaml") -> dict:
-    """config/config.yaml with each --configfile merged over it key by key (Snakemake's semantics:
-    nested dicts merge, anything else, lists included, is replaced), then validated with defaults."""
-    from ppp.config import merge_config, validate_config
-
-    config = yaml.safe_load((REPO / base).read_text())
-    for path in configfiles:
-        merge_config(config, yaml.safe_load(Path(path).read_text()))
-    return validate_config(config)
 
 
 def attack_plan(config: dict) -> list[dict]:
@@ -400,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="JSON lines: per kind, per pass, per arch, training")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    config = merged_config(args.configfile)
+    config = load_preset(args.configfile, base=REPO / "config" / "config.yaml")  # as snakemake --configfile
     grouped = grouped_workflow() if args.grouping == "auto" else args.grouping == "model"
     kinds, passes = projection(config, args.tflops, args.launch_us, grouped)
     rows = summary(kinds, passes, grouped)

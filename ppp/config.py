@@ -62,9 +62,9 @@ def merge_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def load_preset(path: str | Path, base: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:
-    """A preset as the workflow runs it (`snakemake --configfile path`): merged over config/config.yaml
-    (itself when `path` is that file), validated, defaults filled."""
+def load_preset(paths: str | Path | list[str | Path], base: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:
+    """One preset or several, as the workflow runs them (`snakemake --configfile a.yaml b.yaml`): each
+    merged in turn over config/config.yaml (skipped where it is that file), validated, defaults filled."""
     def read(file):
         try:
             loaded = yaml.safe_load(Path(file).read_text())
@@ -74,8 +74,9 @@ def load_preset(path: str | Path, base: str | Path = DEFAULT_CONFIG) -> dict[str
             raise ConfigError(f"config file {file}: expected a mapping of config keys")
         return loaded
     config = read(base)
-    if Path(path).resolve() != Path(base).resolve():
-        merge_config(config, read(path))
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        if Path(path).resolve() != Path(base).resolve():
+            merge_config(config, read(path))
     return validate_config(config)
 
 

@@ -98,14 +98,11 @@ def test_a_smoke_run_on_the_cpu_runs_every_cell():
 
 
 def test_the_gpu_preset_validates_alone_and_merged_over_the_default():
-    from ppp.config import validate_config
+    from ppp.config import load_preset, validate_config
 
     alone = validate_config(yaml.safe_load((REPO / "config" / "gpu.yaml").read_text()))
     assert alone["mlflow"]["experiment"]
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from attack_flops import merged_config
-
-    config = merged_config([str(REPO / "config" / "gpu.yaml")])  # as snakemake --configfile merges it
+    config = load_preset(REPO / "config" / "gpu.yaml")  # as snakemake --configfile merges it
     assert config["archs"] == ["mlp", "lenet", "convnet", "resnet18"]
     assert config["models"]["convnet"]["width"] == 64 and config["models"]["resnet18"]["width"] == 64
     assert config["attacks"] == ["ig", "ig_targeted", "latent", "analytic", "head", "sme", "sme_targeted"]
@@ -118,9 +115,11 @@ def test_the_gpu_preset_validates_alone_and_merged_over_the_default():
 
 def test_the_flop_count_of_convnet_width_64_is_the_benchmarks_figure():
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from attack_flops import measure, merged_config
+    from attack_flops import measure
 
-    config = merged_config([str(REPO / "config" / "gpu.yaml")])
+    from ppp.config import load_preset
+
+    config = load_preset(REPO / "config" / "gpu.yaml")
     cell = dict(dataset="cifar10", arch="convnet", client="b1s1", images=1, local_steps=1, local_lr=0.1,
                 attack="ig", precode=False)
     counted = measure(config, cell)
