@@ -224,3 +224,37 @@ def test_fedavg_on_mini_batches_is_its_own_setting_beside_full_batch():
     columns = ["claim", "defense", "noise_scale", "verdict", "estimate", "ci_low", "ci_high"]
     got = table[table.local_batch == 0][columns].reset_index(drop=True)
     pd.testing.assert_frame_equal(got, before[columns].reset_index(drop=True))
+
+
+def test_a_partial_run_is_judged_from_its_metrics_files_with_the_preset_s_thresholds(tmp_path, capsys):
+    """tools/judge_cells.py: the verdicts of the evaluated cells a run has so far, as aggregate judges them,
+    with the preset's report thresholds (a stricter success SSIM turns F1 from holds to fails)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(repo / "tools"))
+    from judge_cells import main
+
+    rows = pd.DataFrame([r for c in _defended() for r in c], columns=RECONSTRUCTION_COLUMNS)
+    # Two files, as two evaluate jobs write them (the cells split between them).
+    rows[rows.defense != "ppp"].to_csv(tmp_path / "a.csv", index=False)
+    rows[rows.defense == "ppp"].to_csv(tmp_path / "b.csv", index=False)
+    files = [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
+    assert main(files + ["--out", str(tmp_path / "verdicts.csv")]) == 0
+    written = pd.read_csv(tmp_path / "verdicts.csv")
+    expected = judge(rows)
+    assert list(written.claim) == list(expected.claim) and list(written.verdict) == list(expected.verdict)
+    assert _claim(written, "protects", "ppp", 0.1).verdict == HOLDS
+    assert _claim(written, "F1").verdict == HOLDS
+
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("report: {success_ssim: 0.97}\n")
+    main(files + ["--config", str(strict), "--out", str(tmp_path / "strict.csv")])
+    assert _claim(pd.read_csv(tmp_path / "strict.csv"), "F1").verdict == FAILS
+    capsys.readouterr()
+
+    missing = subprocess.run([sys.executable, str(repo / "tools" / "judge_cells.py"), str(tmp_path / "none.csv")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "none.csv" in missing.stderr
