@@ -96,7 +96,6 @@ def test_an_attack_that_fails_while_still_improving_decides_nothing():
     assert _claim(_table(_rows("none", 0.0, "ig", high, 25.0, ssim_half=high - 0.3)), "F1").verdict == HOLDS
 
 
-
 def test_a_targeted_attack_still_improving_does_not_fail_f2_s_margin():
     """F2's "the targeted attack beats IG on PRECODE by margin_db" fails only once the targeted attack has
     converged (ResNet-18 at 400 iterations: 2.3 dB ahead and still gaining 0.13 of SSIM)."""
@@ -108,6 +107,7 @@ def test_a_targeted_attack_still_improving_does_not_fail_f2_s_margin():
     assert stopped.verdict == FAILS and "beats IG by 6 dB: fails" in stopped.detail
     rising = _claim(_table(*cells(np.linspace(0.1, 0.2, 16))), "F2", "precode")
     assert rising.verdict == UNDECIDED and "beats IG by 6 dB: undecided" in rising.detail
+
 
 def test_the_gap_to_the_undefended_model_is_a_paired_interval():
     """A defended cell 6 dB under the undefended one on every image: the paired gap is exactly 6 dB

@@ -25,7 +25,8 @@ from ppp.config import ConfigError, load_preset  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("metrics", nargs="+", help="evaluated cells: results/eval/<dataset>/<arch>/<client>/<state>/metrics.csv")
+    parser.add_argument("metrics", nargs="+",
+                        help="evaluated cells: results/eval/<dataset>/<arch>/<client>/<state>/metrics.csv")
     parser.add_argument("--config", action="append", default=[],
                         help="preset(s) whose report thresholds apply, merged over config/config.yaml")
     parser.add_argument("--out", help="write the verdict table here (CSV)")
