@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -108,6 +108,12 @@ class Thresholds:
     max_convergence_gain: float = 0.05
     plateau_epochs: int = 2
     plateau_gain: float = 0.005
+
+    @classmethod
+    def from_report(cls, report_section: Mapping) -> "Thresholds":
+        """The thresholds a preset's `report` section sets; its other keys (figure options) are not thresholds."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in report_section.items() if k in names})
 
 
 def all_of(parts: Iterable[str]) -> str:

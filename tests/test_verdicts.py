@@ -1,6 +1,8 @@
 """The three-valued verdicts: intervals decide, updates are the resampling unit, unconverged attacks and
 models still learning leave claims undecided."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -271,3 +273,17 @@ def test_a_partial_run_is_judged_from_its_metrics_files_with_the_preset_s_thresh
     missing = subprocess.run([sys.executable, str(repo / "tools" / "judge_cells.py"), str(tmp_path / "none.csv")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "none.csv" in missing.stderr
+
+
+def test_a_preset_s_thresholds_reach_the_verdicts_and_its_figure_options_do_not():
+    import yaml
+    from ppp.config import SCHEMA_PATH, load_preset
+
+    report_keys = set(yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["report"]["properties"])
+    figure_options = {"grid_images", "lpips", "lpips_weights"}
+    # A threshold the schema accepts but Thresholds lacks would be validated, then silently ignored.
+    assert report_keys - figure_options <= {f.name for f in dataclasses.fields(Thresholds)}
+    section = dict(load_preset([])["report"], success_ssim=0.6, margin_db=3.0, min_units=8)
+    thresholds = Thresholds.from_report(section)
+    assert (thresholds.success_ssim, thresholds.margin_db, thresholds.min_units) == (0.6, 3.0, 8)
+    assert thresholds.level == section["level"] and thresholds.resamples == Thresholds().resamples

@@ -12,7 +12,6 @@ training. Prints the table; writes it (atomically) where --out says.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -38,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [p for p in args.metrics if not Path(p).is_file()]
     if missing:
         parser.error(f"no such metrics file: {', '.join(missing)}")
-    fields = {f.name for f in dataclasses.fields(verdicts.Thresholds)}
-    thresholds = verdicts.Thresholds(**{k: v for k, v in config["report"].items() if k in fields})
+    thresholds = verdicts.Thresholds.from_report(config["report"])
     table = verdicts.judge(report.collect_reconstructions(args.metrics), None, None, thresholds)
     if args.out:
         report.write_csv(table, args.out)

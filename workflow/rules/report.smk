@@ -1,3 +1,8 @@
+from dataclasses import asdict
+
+from ppp.verdicts import Thresholds
+
+
 rule aggregate:
     input:
         metrics=evaluation_files(),
@@ -80,18 +85,6 @@ rule aggregate:
             )
             if k in config
         },
-        verdicts={
-            k: config["report"][k]
-            for k in (
-                "success_ssim",
-                "margin_db",
-                "max_accuracy_drop",
-                "level",
-                "min_units",
-                "max_convergence_gain",
-                "plateau_epochs",
-                "plateau_gain",
-            )
-        },
+        verdicts=asdict(Thresholds.from_report(config["report"])),
     script:
         "../scripts/aggregate.py"
