@@ -7,6 +7,10 @@ One row per (arch, dataset, local lr, local steps, images per local step): each 
 "-" where not run), its seconds per update (the mean over the draws run), and the label accuracy of label
 inference. The best attack of a row is in bold where it reaches F1's bar (0.5 on CIFAR-10, 0.9 on MNIST,
 issue 31) on every draw run.
+
+Lines on PRECODE models (`DEFENSES=...` in run_fedavg_limits.sh) make a second table: per (dataset, local lr,
+defence) the head attack's median SSIM and the analytic attack's at each budget, with the median its half
+budget reached (ppp-bench's convergence check), draw 0 / draw 1.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [d for d in lines if "error" in d]
     cells: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
     for d in lines:
-        if "error" in d:
+        if "error" in d or d.get("defense", "none") != "none":
             continue
         key = (d["arch"], d["dataset"], float(d["local_lr"]), int(d["local_steps"]), int(d.get("local_batch") or 0))
         cells[key][d["route"]][int(d.get("victim_draw") or 0)] = d
@@ -57,9 +61,42 @@ def main(argv: list[str] | None = None) -> int:
         labels = routes.get("label_inference", {})
         row.append(" / ".join(f"{labels[draw]['label_accuracy']:.2f}" if draw in labels else "-" for draw in (0, 1)))
         print("| " + " | ".join(row) + " |")
+    precode_table([d for d in lines if "error" not in d and d.get("defense", "none") != "none"])
     cpus = sorted({d.get("cpu", "?") for d in lines})
     print(f"\nCPU: {'; '.join(cpus)}. Runs that failed: {len(failed)}.")
     return 0
+
+
+def precode_table(lines: list[dict]) -> None:
+    """The head attack against the analytic attack's budgets on PRECODE models' FedAvg updates."""
+    if not lines:
+        return
+    budgets = sorted({int(d["iterations"]) for d in lines if d["route"] == "analytic"})
+    cells: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
+    for d in lines:
+        column = "analytic" if d["route"] == "analytic" else d["route"]
+        key = (d["arch"], d["dataset"], float(d["local_lr"]), int(d["local_steps"]), d["defense"], float(d["sigma"]))
+        cells[key][(column, int(d["iterations"]) if column == "analytic" else 0)][int(d.get("victim_draw") or 0)] = d
+    head_routes = sorted({d["route"] for d in lines if d["route"] != "analytic"})
+    header = (["arch", "dataset", "local lr", "steps", "defence"] + [f"{r} SSIM" for r in head_routes]
+              + [f"analytic {b} SSIM (half budget)" for b in budgets] + ["analytic s/update at the largest"])
+    print("\nPRECODE models:\n")
+    print("| " + " | ".join(header) + " |")
+    print("| " + " | ".join(["---"] * 5 + ["---:"] * (len(header) - 5)) + " |")
+    for key in sorted(cells):
+        arch, dataset, lr, steps, defense, sigma = key
+        runs = cells[key]
+        row = [arch, dataset, f"{lr:g}", str(steps), defense + (f" {sigma:g}" if sigma else "")]
+        for route in head_routes:
+            got = runs.get((route, 0), {})
+            row.append(" / ".join(f"{got[w]['median_ssim']:.2f}" if w in got else "-" for w in (0, 1)))
+        for budget in budgets:
+            got = runs.get(("analytic", budget), {})
+            row.append(" / ".join(f"{got[w]['median_ssim']:.2f} ({got[w]['median_ssim_half_budget']:.2f})"
+                                  if w in got else "-" for w in (0, 1)))
+        largest = runs.get(("analytic", budgets[-1]), {}) if budgets else {}
+        row.append(f"{sum(d['seconds'] / d['updates'] for d in largest.values()) / len(largest):.1f}" if largest else "-")
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,16 @@
 #   ig          Inverting Gradients with the local steps unrolled: LeNet 1000 / steps, MLP 400 / steps
 # On the MLP only sme and ig by default (ATTACKS_MLP): the head attack's feature inversion through two
 # dense layers reached 0.08-0.34 at lr 0.1.
+# DEFENSES (default: none) adds PRECODE models, a defence with its sigma as name:sigma (ppp:1.0); on those the
+# route `analytic` also runs: the analytic attack's span matching on PRECODE's encoder, at every budget of
+# ANALYTIC_ITERATIONS (each budget's own run; ppp-bench adds the half budget's median).
 #
 #     bash benchmarks/run_fedavg_limits.sh                          # draw 0, 8 victims: about 60 min, 1 core
 #     DRAW=1 SETTINGS=2:0 bash benchmarks/run_fedavg_limits.sh      # the other draw at 2 full-batch steps
 #     ARCHS=lenet LRS=0.01 SETTINGS=2:0 ATTACKS="head_drift" bash benchmarks/run_fedavg_limits.sh
 #     .venv/bin/python benchmarks/fedavg_limits_table.py            # the table of benchmarks/README.md
+#     ARCHS=lenet LRS=0.01 SETTINGS=2:0 VICTIMS=16 DEFENSES="precode ppp:1.0" ATTACKS="head_drift analytic" \
+#       OUT=benchmarks/results-fedavg-precode.jsonl bash benchmarks/run_fedavg_limits.sh   # and DRAW=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -28,6 +33,8 @@ SETTINGS=${SETTINGS:-"2:0 2:2 5:0"}
 ATTACKS=${ATTACKS:-"head_drift head sme ig"}
 ATTACKS_MLP=${ATTACKS_MLP:-"sme ig"}
 THREADS=${THREADS:-1}
+DEFENSES=${DEFENSES:-none}
+ANALYTIC_ITERATIONS=${ANALYTIC_ITERATIONS:-1000,2000,4000,8000}
 CPU=$($PYTHON -c "from ppp.hardware import host_description; print(host_description())")
 COMMIT=$(git rev-parse --short HEAD)
 bench() {  # route name, then ppp-bench flags
@@ -46,13 +53,22 @@ for arch in $ARCHS; do
     for lr in $LRS; do
       for setting in $SETTINGS; do
         steps=${setting%%:*}; batch=${setting##*:}
-        cell=(--arch "$arch" --dataset "$dataset" --local-steps "$steps" --local-lr "$lr" --local-batch "$batch"
-              --defense none)
-        bench head_drift "${cell[@]}" --attack head --iterations 1000 --tv-weight 0.002 --option drift_rounds=2
-        bench head "${cell[@]}" --attack head --iterations 1000 --tv-weight 0.03
-        bench sme "${cell[@]}" --attack sme --iterations "$budget"
-        bench ig "${cell[@]}" --attack ig --iterations $((budget / steps))
-        bench label_inference "${cell[@]}" --attack ig --iterations 1 --labels inferred
+        for defense in $DEFENSES; do
+          name=${defense%%:*}; sigma=0
+          [[ "$defense" == *:* ]] && sigma=${defense##*:}
+          cell=(--arch "$arch" --dataset "$dataset" --local-steps "$steps" --local-lr "$lr" --local-batch "$batch"
+                --defense "$name" --sigma "$sigma")
+          bench head_drift "${cell[@]}" --attack head --iterations 1000 --tv-weight 0.002 --option drift_rounds=2
+          bench head "${cell[@]}" --attack head --iterations 1000 --tv-weight 0.03
+          bench sme "${cell[@]}" --attack sme --iterations "$budget"
+          bench ig "${cell[@]}" --attack ig --iterations $((budget / steps))
+          if [ "$name" != none ] && [ "$name" != noise ] && [ "$name" != dpsgd ]; then
+            bench analytic "${cell[@]}" --attack analytic --iterations "$ANALYTIC_ITERATIONS"
+          fi
+          if [ "$name" = none ]; then
+            bench label_inference "${cell[@]}" --attack ig --iterations 1 --labels inferred
+          fi
+        done
       done
     done
   done
