@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         cells[key][d["route"]][int(d.get("victim_draw") or 0)] = d
     header = (["arch", "dataset", "local lr", "steps", "images per step"] + [f"{r} SSIM (s/update)" for r in ROUTES]
               + ["label accuracy"])
-    print("| " + " | ".join(header) + " |")
-    print("| " + " | ".join(["---"] * 5 + ["---:"] * (len(ROUTES) + 1)) + " |")
+    if cells:  # undefended models' lines (a PRECODE-only file has none)
+        print("| " + " | ".join(header) + " |")
+        print("| " + " | ".join(["---"] * 5 + ["---:"] * (len(ROUTES) + 1)) + " |")
     for key in sorted(cells):
         arch, dataset, lr, steps, batch = key
         routes = cells[key]

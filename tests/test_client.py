@@ -439,8 +439,8 @@ def test_cells_attacked_in_one_optimisation_get_what_each_gets_alone(tmp_path, a
 def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
     import yaml
 
-    from ppp.config import (ConfigError, client_attacks, client_defenses, client_settings, client_victims,
-                            validate_config)
+    from ppp.config import (ConfigError, attack_options, client_attacks, client_defenses, client_settings,
+                            client_victims, validate_config)
 
     config = yaml.safe_load(open("config/test.yaml"))
     config["client"]["updates"] = [{"images": 4}]
@@ -452,8 +452,11 @@ def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
     assert [s.name for s in client_settings(config, "mlp")] == ["b1s1", "b4s1", "b4s2lr0.1"]
     assert [s.name for s in client_settings(config, "lenet")] == ["b1s1", "b4s1", "b4s2lr0.1", "b4s2lr0.01"]
     assert client_victims(config, "mlp", "b4s1") == 16 and client_victims(config, "lenet", "b1s1") == 16
-    # LeNet's batches run the head attack alone; a setting's attacks are cut to the preset's list.
-    assert client_attacks(config, "lenet", "b4s2lr0.1") == ["head"] == client_attacks(config, "lenet", "b4s2lr0.01")
+    # LeNet's batches run the head attack (at FedAvg lr 0.01 also the analytic attack, on PRECODE models);
+    # a setting's attacks are cut to the preset's list.
+    assert client_attacks(config, "lenet", "b4s1") == ["head"] == client_attacks(config, "lenet", "b4s2lr0.1")
+    assert client_attacks(config, "lenet", "b4s2lr0.01") == ["analytic", "head"]
+    assert attack_options(config, "lenet", "analytic", "b4s2lr0.01")["iterations"] == 4000
     assert client_defenses(config, "lenet", "b4s2lr0.01") == ["none", "precode", "ppp", "ppp_encoder"]
     assert client_attacks(config, "mlp", "b4s2lr0.1") == ["ig", "ig_targeted", "analytic"]
     assert "head" not in client_attacks(config, "mlp", "b1s1")
