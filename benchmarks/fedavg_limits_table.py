@@ -25,6 +25,15 @@ ROUTES = ("head_drift", "head", "sme", "ig")
 BAR = {"cifar10": 0.5, "mnist": 0.9}
 
 
+def per_draw(runs: dict, text) -> str:
+    """Draw 0 / draw 1 of one cell, each as text(line) ("-" where that draw was not run)."""
+    return " / ".join(text(runs[draw]) if draw in runs else "-" for draw in (0, 1))
+
+
+def markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("jsonl", nargs="?", default="benchmarks/results-fedavg-limits.jsonl")
@@ -40,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (["arch", "dataset", "local lr", "steps", "images per step"] + [f"{r} SSIM (s/update)" for r in ROUTES]
               + ["label accuracy"])
     if cells:  # undefended models' lines (a PRECODE-only file has none)
-        print("| " + " | ".join(header) + " |")
-        print("| " + " | ".join(["---"] * 5 + ["---:"] * (len(ROUTES) + 1)) + " |")
+        print(markdown_row(header))
+        print(markdown_row(["---"] * 5 + ["---:"] * (len(ROUTES) + 1)))
     for key in sorted(cells):
         arch, dataset, lr, steps, batch = key
         routes = cells[key]
@@ -53,15 +62,15 @@ def main(argv: list[str] | None = None) -> int:
             if not runs:
                 row.append("-")
                 continue
-            ssim = " / ".join(f"{runs[draw]['median_ssim']:.2f}" if draw in runs else "-" for draw in (0, 1))
+            ssim = per_draw(runs, lambda d: f"{d['median_ssim']:.2f}")
             per_update = sum(d["seconds"] / d["updates"] for d in runs.values()) / len(runs)
             text = f"{ssim} ({per_update:.1f})"
             if route == best[0] and best[1] >= BAR[dataset]:
                 text = f"**{text}**"
             row.append(text)
         labels = routes.get("label_inference", {})
-        row.append(" / ".join(f"{labels[draw]['label_accuracy']:.2f}" if draw in labels else "-" for draw in (0, 1)))
-        print("| " + " | ".join(row) + " |")
+        row.append(per_draw(labels, lambda d: f"{d['label_accuracy']:.2f}"))
+        print(markdown_row(row))
     precode_table([d for d in lines if "error" not in d and d.get("defense", "none") != "none"])
     cpus = sorted({d.get("cpu", "?") for d in lines})
     print(f"\nCPU: {'; '.join(cpus)}. Runs that failed: {len(failed)}.")
@@ -75,29 +84,27 @@ def precode_table(lines: list[dict]) -> None:
     budgets = sorted({int(d["iterations"]) for d in lines if d["route"] == "analytic"})
     cells: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
     for d in lines:
-        column = "analytic" if d["route"] == "analytic" else d["route"]
         key = (d["arch"], d["dataset"], float(d["local_lr"]), int(d["local_steps"]), d["defense"], float(d["sigma"]))
-        cells[key][(column, int(d["iterations"]) if column == "analytic" else 0)][int(d.get("victim_draw") or 0)] = d
+        budget = int(d["iterations"]) if d["route"] == "analytic" else 0  # the head routes run one budget
+        cells[key][(d["route"], budget)][int(d.get("victim_draw") or 0)] = d
     head_routes = sorted({d["route"] for d in lines if d["route"] != "analytic"})
     header = (["arch", "dataset", "local lr", "steps", "defence"] + [f"{r} SSIM" for r in head_routes]
               + [f"analytic {b} SSIM (half budget)" for b in budgets] + ["analytic s/update at the largest"])
     print("\nPRECODE models:\n")
-    print("| " + " | ".join(header) + " |")
-    print("| " + " | ".join(["---"] * 5 + ["---:"] * (len(header) - 5)) + " |")
+    print(markdown_row(header))
+    print(markdown_row(["---"] * 5 + ["---:"] * (len(header) - 5)))
     for key in sorted(cells):
         arch, dataset, lr, steps, defense, sigma = key
         runs = cells[key]
         row = [arch, dataset, f"{lr:g}", str(steps), defense + (f" {sigma:g}" if sigma else "")]
         for route in head_routes:
-            got = runs.get((route, 0), {})
-            row.append(" / ".join(f"{got[w]['median_ssim']:.2f}" if w in got else "-" for w in (0, 1)))
+            row.append(per_draw(runs.get((route, 0), {}), lambda d: f"{d['median_ssim']:.2f}"))
         for budget in budgets:
-            got = runs.get(("analytic", budget), {})
-            row.append(" / ".join(f"{got[w]['median_ssim']:.2f} ({got[w]['median_ssim_half_budget']:.2f})"
-                                  if w in got else "-" for w in (0, 1)))
+            row.append(per_draw(runs.get(("analytic", budget), {}),
+                                lambda d: f"{d['median_ssim']:.2f} ({d['median_ssim_half_budget']:.2f})"))
         largest = runs.get(("analytic", budgets[-1]), {}) if budgets else {}
         row.append(f"{sum(d['seconds'] / d['updates'] for d in largest.values()) / len(largest):.1f}" if largest else "-")
-        print("| " + " | ".join(row) + " |")
+        print(markdown_row(row))
 
 
 if __name__ == "__main__":
