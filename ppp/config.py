@@ -139,6 +139,12 @@ def check_client_settings(config: dict[str, Any]) -> None:
             if unknown:
                 raise ConfigError(f"config key 'client.updates': setting {setting.name} of {arch} lists defences "
                                   f"{unknown} that are not in 'defenses' ({config['defenses']})")
+            for attack, defenses in update.get("attack_defenses", {}).items():
+                unknown = sorted(set(defenses) - set(config["defenses"]))
+                if unknown:
+                    raise ConfigError(f"config key 'client.updates': setting {setting.name} of {arch} runs {attack} "
+                                      f"on defences {unknown} (attack_defenses) that are not in 'defenses' "
+                                      f"({config['defenses']})")
             # A preset merged over another may run fewer attacks: a setting's list is cut to `attacks`, and
             # only a name no attack has is an error.
             from ppp.attacks.registry import ATTACKS
@@ -205,10 +211,15 @@ def noise_options(config: dict) -> dict:
             "clipping": dp.get("clipping", "auto")}
 
 
-def attack_runs_on(config: dict, attack: str, defense: str) -> bool:
+def attack_runs_on(config: dict, attack: str, defense: str, arch: str | None = None,
+                   client: str | None = None) -> bool:
     """Whether the study runs `attack` on `defense` (attack_defenses.<attack>; default: everywhere it
-    applies)."""
-    return defense in config.get("attack_defenses", {}).get(attack, [defense])
+    applies). At a client setting (arch and client given), the setting's own attack_defenses.<attack>
+    replaces the study's."""
+    lists = dict(config.get("attack_defenses", {}))
+    if arch is not None and client is not None:
+        lists.update(_client_update(config, arch, client).get("attack_defenses", {}))
+    return defense in lists.get(attack, [defense])
 
 
 def defense_applies(config: dict, arch: str, defense: str) -> bool:

@@ -439,8 +439,8 @@ def test_cells_attacked_in_one_optimisation_get_what_each_gets_alone(tmp_path, a
 def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
     import yaml
 
-    from ppp.config import (ConfigError, attack_options, client_attacks, client_defenses, client_settings,
-                            client_victims, validate_config)
+    from ppp.config import (ConfigError, attack_options, attack_runs_on, client_attacks, client_defenses,
+                            client_settings, client_victims, validate_config)
 
     config = yaml.safe_load(open("config/test.yaml"))
     config["client"]["updates"] = [{"images": 4}]
@@ -461,6 +461,18 @@ def test_a_client_setting_larger_than_the_victims_is_refused_naming_the_key():
     assert client_attacks(config, "mlp", "b4s2lr0.1") == ["ig", "ig_targeted", "analytic"]
     assert "head" not in client_attacks(config, "mlp", "b1s1")
     assert client_attacks({**config, "attacks": ["ig"]}, "lenet", "b4s1") == []
+    # A setting's own attack_defenses replaces the study's for that attack there, and nowhere else: the head
+    # attack leaves PRECODE and PPP to the analytic one at LeNet's FedAvg lr 0.01 only.
+    def runs_on(attack, arch, client):
+        return [d for d in config["defenses"] if attack_runs_on(config, attack, d, arch, client)]
+    assert runs_on("head", "lenet", "b4s2lr0.01") == ["none", "ppp_encoder"]
+    assert runs_on("head", "lenet", "b4s2lr0.1") == config["defenses"] == runs_on("analytic", "lenet", "b4s2lr0.01")
+    assert runs_on("ig_targeted", "mlp", "b4s2lr0.1") == ["precode", "ppp_encoder"]
+    assert runs_on("ig", "mlp", "b4s2lr0.1") == ["none", "noise", "precode"] == runs_on("ig", "mlp", "b1s1")
+    bad = yaml.safe_load(open("config/config.yaml"))
+    bad["client"]["per_arch"]["lenet"]["updates"][3]["attack_defenses"] = {"head": ["none", "ppp_no_decoder"]}
+    with pytest.raises(ConfigError, match=r"setting b4s2lr0.01 of lenet runs head on defences \['ppp_no_decoder'\]"):
+        validate_config(bad)
     bad = yaml.safe_load(open("config/config.yaml"))
     bad["client"]["per_arch"]["lenet"]["updates"][1]["attacks"] = ["heads"]
     with pytest.raises(ConfigError, match=r"setting b4s1 of lenet lists unknown attacks \['heads'\]"):

@@ -95,7 +95,7 @@ def attack_cells():
                 for defense, sigma in defense_cells(arch, client):
                     for state in config["model_states"]:
                         for attack in client_attacks(config, arch, client):
-                            if not attack_applies(attack, defense):
+                            if not attack_applies(attack, defense, arch, client):
                                 continue
                             yield dict(
                                 dataset=dataset,
@@ -135,12 +135,12 @@ def cell_models(wildcards, arch, cells):
     ]
 
 
-def attack_applies(attack, defense):
+def attack_applies(attack, defense, arch, client):
     """The targeted attacks need PRECODE (they are defined by its position); the others apply anywhere,
-    unless attack_defenses restricts them."""
+    unless attack_defenses (the study's, or the client setting's own) restricts them."""
     return (
         needs_precode(defense) or not attack_needs_precode(attack)
-    ) and attack_runs_on(config, attack, defense)
+    ) and attack_runs_on(config, attack, defense, arch, client)
 
 
 def attacked_cells(arch, client, attack):
@@ -150,7 +150,7 @@ def attacked_cells(arch, client, attack):
     return [
         (defense, sigma)
         for defense, sigma in defense_cells(arch, client)
-        if attack_applies(attack, defense)
+        if attack_applies(attack, defense, arch, client)
     ]
 
 
