@@ -45,6 +45,29 @@ def test_the_deep_cpu_preset_runs_the_cells_it_names_over_the_default():
     assert [d for d in config["defenses"] if attack_runs_on(config, "ig", d)] == ["none", "precode"]
 
 
+def test_the_paper_preset_runs_the_authors_grid_on_every_architecture():
+    """config/paper.yaml merged over the default: the default's CPU sizing for the MLP and LeNet (200 and
+    1000 iterations, LeNet's one sigma and 5 epochs, its FedAvg settings, IG kept off the PPP variants)
+    must not leak into the paper's grid."""
+    from ppp.config import (attack_options, attack_runs_on, client_settings, defense_scales, training_options,
+                            victims_per_cell)
+
+    config = load_preset(REPO / "config" / "paper.yaml")
+    grid = [0.0001, 0.001, 0.01, 0.1, 1.0]
+    assert config["archs"] == ["mlp", "lenet", "convnet", "resnet18"]
+    assert config["dpsgd"]["noise_multipliers"] == [0.5, 1.0]
+    for arch in config["archs"]:
+        assert [(s.images, s.local_steps) for s in client_settings(config, arch)] == [(1, 1)], arch
+        assert victims_per_cell(config, arch) == 128
+        assert training_options(config, arch)["epochs"] == 50, arch
+        assert defense_scales(config, arch, "ppp") == grid, arch
+        for attack in ("ig", "ig_targeted", "latent"):
+            options = attack_options(config, arch, attack)
+            assert (options["iterations"], options["lr"], options["tv_weight"]) == (7000, 0.1, 1e-6), (arch, attack)
+        assert attack_options(config, arch, "analytic")["iterations"] == 7000
+        assert all(attack_runs_on(config, "ig", d, arch) for d in config["defenses"]), arch
+
+
 def test_a_preset_merges_over_the_default_as_snakemake_configfile_does(tmp_path):
     """Nested dicts merge key by key, lists and scalars are replaced, the default file is left alone."""
     base = {"attack": {"defaults": {"iterations": 10, "lr": 0.1}}, "archs": ["mlp", "lenet"]}
