@@ -59,10 +59,9 @@ ARCH_ORDER = ("mlp", "lenet", "convnet", "resnet18")
 
 def attack_plan(config: dict) -> list[dict]:
     """Every attack cell of the preset, as workflow/rules/common.smk's attack_cells enumerates them (a
-    client setting's own `defenses` where the schema has them), with its victims, iterations,
+    client setting's own `defenses`, `attacks` and `attack_defenses`), with its victims, iterations,
     restarts and how its rows are chunked."""
     import ppp.config as pc
-    from ppp.attacks.registry import attack_needs_precode
     from ppp.defenses import DEFENSES, uses_noise
 
     cells = []
@@ -77,8 +76,8 @@ def attack_plan(config: dict) -> list[dict]:
                         if uses_noise(defense) else ["0"]
                     for sigma in sigmas:
                         for state in config["model_states"]:
-                            for attack in config["attacks"]:
-                                if attack_needs_precode(attack) and not DEFENSES[defense].needs_precode:
+                            for attack in pc.client_attacks(config, arch, setting.name):
+                                if not pc.attack_applies(config, attack, defense, arch, setting.name):
                                     continue
                                 options = pc.attack_options(config, arch, attack, setting.name)
                                 cells.append(dict(

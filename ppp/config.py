@@ -222,6 +222,18 @@ def attack_runs_on(config: dict, attack: str, defense: str, arch: str | None = N
     return defense in lists.get(attack, [defense])
 
 
+def attack_applies(config: dict, attack: str, defense: str, arch: str | None = None,
+                   client: str | None = None) -> bool:
+    """Whether a cell of `defense` is attacked by `attack`: the targeted attacks need PRECODE (they are
+    defined by its position), and attack_defenses (the study's, or the client setting's own) may restrict
+    any attack. The workflow's cells and the benchmarks' plans both ask this."""
+    from ppp.attacks.registry import attack_needs_precode
+    from ppp.defenses import DEFENSES
+
+    return ((DEFENSES[defense].needs_precode or not attack_needs_precode(attack))
+            and attack_runs_on(config, attack, defense, arch, client))
+
+
 def defense_applies(config: dict, arch: str, defense: str) -> bool:
     """Whether the study runs `defense` on `arch`: every architecture unless defense_archs.<defense>
     lists them."""

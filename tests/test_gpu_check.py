@@ -126,3 +126,21 @@ def test_the_flop_count_of_convnet_width_64_is_the_benchmarks_figure():
     # benchmarks/README.md, "Achieved GFLOP/s": 29.7 GFLOP per victim-iteration (ppp-bench's counter).
     assert counted["flops_per_victim_iteration"] == pytest.approx(29.7e9, rel=0.01)
     assert counted["engine"] == "per_layer" and counted["ops_per_iteration"] > 100
+
+
+def test_the_projection_counts_the_cells_the_workflow_runs():
+    """benchmarks/attack_flops.py plans each client setting's own attacks and attack_defenses, as
+    workflow/rules/common.smk does (ppp.config.attack_applies): ResNet-18's FedAvg update in gpu.yaml is
+    attacked by the head and surrogate-model attacks only, not by unrolled IG."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from attack_flops import attack_plan
+
+    from ppp.config import load_preset
+
+    cells = attack_plan(load_preset(REPO / "config" / "gpu.yaml"))
+    fedavg = {c["attack"] for c in cells if c["arch"] == "resnet18" and c["local_steps"] == 2}
+    assert fedavg == {"head", "sme", "sme_targeted"}
+    assert all(c["defense"] not in ("ppp", "ppp_encoder") for c in cells if c["attack"] == "ig")
+    default = attack_plan(load_preset(REPO / "config" / "config.yaml"))
+    lenet_fedavg_head = {c["defense"] for c in default if c["client"] == "b4s2lr0.01" and c["attack"] == "head"}
+    assert lenet_fedavg_head == {"none", "ppp_encoder"}  # the setting's own attack_defenses

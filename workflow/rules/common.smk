@@ -9,7 +9,7 @@ from ppp.config import (
     client_victims,
     client_settings,
     server_knows,
-    attack_runs_on,
+    attack_applies as ppp_attack_applies,
     defense_applies,
     defense_scales,
     max_victims,
@@ -19,7 +19,6 @@ from ppp.config import (
     victims_per_cell,
 )
 from ppp.defenses import DEFENSES, uses_noise
-from ppp.attacks.registry import attack_needs_precode
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
@@ -136,11 +135,8 @@ def cell_models(wildcards, arch, cells):
 
 
 def attack_applies(attack, defense, arch, client):
-    """The targeted attacks need PRECODE (they are defined by its position); the others apply anywhere,
-    unless attack_defenses (the study's, or the client setting's own) restricts them."""
-    return (
-        needs_precode(defense) or not attack_needs_precode(attack)
-    ) and attack_runs_on(config, attack, defense, arch, client)
+    """ppp.config.attack_applies for this run's config."""
+    return ppp_attack_applies(config, attack, defense, arch, client)
 
 
 def attacked_cells(arch, client, attack):
