@@ -19,7 +19,7 @@ weight gradient, so it does fewer on the MLP); that makes the figure engine-inde
 benchmarks/README.md, "Achieved GFLOP/s". Everything runs on PyTorch's meta device (shapes only, no
 arithmetic): about 40 seconds of one CPU core for config/gpu.yaml; nothing here needs a GPU.
 
-The plan is the preset's attack cells as workflow/rules/common.smk's `attack_cells` enumerates them
+The plan is the preset's attack cells as ppp.config.attack_cells enumerates them for the workflow too
 (datasets x archs x client settings x defence cells x model states x attacks, the PRECODE-only attacks on
 PRECODE cells only), after merging the preset over config/config.yaml key by key as Snakemake's
 --configfile does (snakemake.utils.update_config). Victim-iterations of a cell are its victims x
@@ -58,38 +58,24 @@ ARCH_ORDER = ("mlp", "lenet", "convnet", "resnet18")
 
 
 def attack_plan(config: dict) -> list[dict]:
-    """Every attack cell of the preset, as workflow/rules/common.smk's attack_cells enumerates them (a
-    client setting's own `defenses`, `attacks` and `attack_defenses`), with its victims, iterations,
-    restarts and how its rows are chunked."""
+    """Every attack cell of the preset (ppp.config.attack_cells, which the workflow's jobs enumerate
+    too), with its victims, iterations, restarts and how its rows are chunked."""
     import ppp.config as pc
-    from ppp.defenses import DEFENSES, uses_noise
+    from ppp.defenses import DEFENSES
 
     cells = []
-    for dataset in config["datasets"]:
-        for arch in config["archs"]:
-            for setting in pc.client_settings(config, arch):
-                swept = pc.client_defenses(config, arch, setting.name)
-                for defense in swept:
-                    if not pc.defense_applies(config, arch, defense):
-                        continue
-                    sigmas = [f"{float(s):g}" for s in pc.defense_scales(config, arch, defense)] \
-                        if uses_noise(defense) else ["0"]
-                    for sigma in sigmas:
-                        for state in config["model_states"]:
-                            for attack in pc.client_attacks(config, arch, setting.name):
-                                if not pc.attack_applies(config, attack, defense, arch, setting.name):
-                                    continue
-                                options = pc.attack_options(config, arch, attack, setting.name)
-                                cells.append(dict(
-                                    dataset=dataset, arch=arch, client=setting.name, images=setting.images,
-                                    local_steps=setting.local_steps, local_lr=setting.local_lr,
-                                    defense=defense, sigma=sigma, state=state, attack=attack,
-                                    precode=DEFENSES[defense].needs_precode,
-                                    victims=pc.client_victims(config, arch, setting.name),
-                                    iterations=int(options.get("iterations", 4800)),
-                                    restarts=int(options.get("restarts", 1)),
-                                    memory_budget_mb=options.get("memory_budget_mb"),
-                                    batch_size=options.get("batch_size")))
+    for cell in pc.attack_cells(config):
+        arch, client, attack = cell["arch"], cell["client"], cell["attack"]
+        setting = pc.client_setting(config, arch, client)
+        options = pc.attack_options(config, arch, attack, client)
+        cells.append(dict(
+            cell, images=setting.images, local_steps=setting.local_steps, local_lr=setting.local_lr,
+            precode=DEFENSES[cell["defense"]].needs_precode,
+            victims=pc.client_victims(config, arch, client),
+            iterations=int(options.get("iterations", 4800)),
+            restarts=int(options.get("restarts", 1)),
+            memory_budget_mb=options.get("memory_budget_mb"),
+            batch_size=options.get("batch_size")))
     return cells
 
 

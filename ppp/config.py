@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jsonschema
 import yaml
@@ -246,6 +246,44 @@ def defense_scales(config: dict, arch: str, defense: str) -> list[float]:
     if defense == "dpsgd":
         return list(config.get("dpsgd", {}).get("noise_multipliers", [0.5, 1.0]))
     return noise_scales(config, arch)
+
+
+def sigma_label(value: float | str) -> str:
+    """A noise scale as the workflow's paths and tables spell it (0.01, 1e-05; 0 where none)."""
+    return f"{float(value):g}"
+
+
+def defense_cells(config: dict, arch: str, client: str | None = None) -> Iterator[tuple[str, str]]:
+    """The (defense, sigma label) cells of one architecture (at one client setting, where it names its
+    own defences): one per noise scale for the noising defences (the architecture's own grid where
+    noise.per_arch gives one; DP-SGD's noise multipliers), sigma "0" otherwise."""
+    from ppp.defenses import uses_noise
+
+    swept = client_defenses(config, arch, client) if client else config["defenses"]
+    for defense in swept:
+        if not defense_applies(config, arch, defense):
+            continue
+        if uses_noise(defense):
+            for scale in defense_scales(config, arch, defense):
+                yield defense, sigma_label(scale)
+        else:
+            yield defense, "0"
+
+
+def attack_cells(config: dict) -> Iterator[dict[str, str]]:
+    """Every attack cell the study runs: (dataset, arch, client, defense, sigma, state, attack), where
+    attack_applies. The workflow's jobs (workflow/rules/common.smk) and the cost projections
+    (benchmarks/attack_flops.py) both enumerate this, so they cannot disagree on the grid."""
+    for dataset in config["datasets"]:
+        for arch in config["archs"]:
+            for setting in client_settings(config, arch):
+                client = setting.name
+                for defense, sigma in defense_cells(config, arch, client):
+                    for state in config["model_states"]:
+                        for attack in client_attacks(config, arch, client):
+                            if attack_applies(config, attack, defense, arch, client):
+                                yield dict(dataset=dataset, arch=arch, client=client, defense=defense,
+                                           sigma=sigma, state=state, attack=attack)
 
 
 def victims_per_cell(config: dict, arch: str) -> int:

@@ -455,3 +455,24 @@ def test_make_timing_reads_every_finished_jobs_process_time(finished_run):
     assert all(0 < j.process_wall_s <= (j.end - j.start).total_seconds() + 1 for j in scripted)
     text = report(workdir, log=first)
     assert "The jobs ran on: " in text and "| attack_" in text
+
+
+@pytest.mark.parametrize("preset", ["config.yaml", "paper.yaml"])
+def test_the_workflow_attacks_exactly_the_cells_ppp_config_enumerates(tmp_path, preset):
+    """The jobs Snakemake plans and ppp.config.attack_cells (which the GPU projection counts) are one grid:
+    every enumerated cell has its reconstructions file planned, and no attack output is planned beyond
+    them (client settings' own attacks and defences, PRECODE-only attacks, noise grids included)."""
+    from ppp.config import attack_cells, load_preset
+
+    config = load_preset(REPO / "config" / preset)
+    for dataset in config["datasets"].values():
+        dataset["victims"] = "draw"  # the authors' victim files need not exist for a plan
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    text = snakemake(tmp_path, "-n")
+    planned = {path for line in text.splitlines() if line.strip().startswith("output:")
+               for path in line.split("output:", 1)[1].strip().split(", ")
+               if "/attacks/" in path and path.endswith("reconstructions.safetensors")}
+    enumerated = {f"results/attacks/{c['dataset']}/{c['arch']}/{c['client']}/{c['defense']}/{c['sigma']}/"
+                  f"{c['state']}/{c['attack']}/reconstructions.safetensors" for c in attack_cells(config)}
+    assert len(enumerated) > 100
+    assert planned == enumerated

@@ -4,21 +4,19 @@ import os
 from ppp.config import (
     client_attacks,
     attack_options,
-    client_defenses,
     client_setting,
     client_victims,
     client_settings,
     server_knows,
     attack_applies as ppp_attack_applies,
-    defense_applies,
-    defense_scales,
+    attack_cells as ppp_attack_cells,
+    defense_cells as ppp_defense_cells,
     max_victims,
     model_mode,
     noise_options,
     training_options,
-    victims_per_cell,
 )
-from ppp.defenses import DEFENSES, uses_noise
+from ppp.defenses import DEFENSES
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
@@ -35,23 +33,9 @@ wildcard_constraints:
     attack="[a-z_]+",
 
 
-def sigma_str(value):
-    return f"{float(value):g}"
-
-
 def defense_cells(arch, client=None):
-    """(defense, sigma) pairs of one architecture (at one client setting, where it names its own
-    defences): one per noise scale for noising defences (the architecture's own grid where
-    noise.per_arch gives one; DP-SGD's noise multipliers), sigma 0 otherwise."""
-    swept = client_defenses(config, arch, client) if client else config["defenses"]
-    for defense in swept:
-        if not defense_applies(config, arch, defense):
-            continue
-        if uses_noise(defense):
-            for scale in defense_scales(config, arch, defense):
-                yield defense, sigma_str(scale)
-        else:
-            yield defense, "0"
+    """ppp.config.defense_cells for this run's config: (defense, sigma) pairs of one architecture."""
+    return ppp_defense_cells(config, arch, client)
 
 
 def needs_precode(defense):
@@ -86,25 +70,9 @@ def attack_cost(arch, client, attack, cells):
 
 
 def attack_cells():
-    """Every (dataset, arch, client, defense, sigma, state, attack) the study attacks; the targeted
-    attacks only where PRECODE is (they are defined by its position)."""
-    for dataset in config["datasets"]:
-        for arch in config["archs"]:
-            for client in client_names(arch):
-                for defense, sigma in defense_cells(arch, client):
-                    for state in config["model_states"]:
-                        for attack in client_attacks(config, arch, client):
-                            if not attack_applies(attack, defense, arch, client):
-                                continue
-                            yield dict(
-                                dataset=dataset,
-                                arch=arch,
-                                client=client,
-                                defense=defense,
-                                sigma=sigma,
-                                state=state,
-                                attack=attack,
-                            )
+    """ppp.config.attack_cells for this run's config: every (dataset, arch, client, defense, sigma,
+    state, attack) the study attacks."""
+    return ppp_attack_cells(config)
 
 
 def evaluation_cells():
