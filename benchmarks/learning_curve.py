@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -57,13 +56,11 @@ def sigma_str(value: float) -> str:
     return f"{float(value):g}"  # as the workflow names a cell (workflow/rules/common.smk)
 
 
-def load_config(path: str) -> dict:
-    import yaml
+def load_config(path: list[str]) -> dict:
+    """The preset merged over config/config.yaml key by key, as `snakemake --configfile` does."""
+    from ppp.config import load_preset
 
-    from ppp.config import validate_config
-
-    with open(path) as handle:
-        return validate_config(yaml.safe_load(handle))
+    return load_preset(path)
 
 
 def plateau_flags(curve: list[float], thresholds) -> list[bool]:
@@ -195,6 +192,7 @@ def run(args) -> None:
 
     from ppp import stages
     from ppp.config import training_options
+    from ppp.hardware import cpu_features, cpu_model
     from ppp.io import read_json
     from ppp.models import PrecodeSpec
     from ppp.verdicts import Thresholds
@@ -250,10 +248,11 @@ def run(args) -> None:
     common = {"dataset": dataset, "arch": arch, "train_examples": meta["counts"]["train"],
               "test_examples": meta["counts"]["test"], "image_size": meta["image_size"],
               "batch_size": training["batch_size"], "lr": training["lr"], "optimizer": training["optimizer"],
+              "precision": training.get("precision", "float32"),
               "default_epochs": default_epochs, "cap_epochs": args.epochs, "hold": args.hold,
               "plateau_rule": {"epochs": thresholds.plateau_epochs, "gain": thresholds.plateau_gain},
-              "threads": torch.get_num_threads(), "device": str(device), "cpu": platform.processor() or
-              platform.machine(), "torch": torch.__version__, "commit": git_commit(),
+              "threads": torch.get_num_threads(), "device": str(device), "cpu": cpu_model(),
+              "cpu_features": cpu_features(), "torch": torch.__version__, "commit": git_commit(),
               "config": args.configfile, "date": time.strftime("%Y-%m-%d"), "tag": args.tag}
     with open(args.out, "a") as handle:
         for result in results:
@@ -416,7 +415,8 @@ def main() -> None:
                         help="defence:sigma pairs (the undefended model is always trained first)")
     parser.add_argument("--hold", type=int, default=4, help="stop once the plateau rule held this many epochs")
     parser.add_argument("--past", type=int, default=2, help="and at least this many epochs past its first plateau")
-    parser.add_argument("--configfile", default=str(REPO / "config" / "config.yaml"))
+    parser.add_argument("--configfile", nargs="+", default=[str(REPO / "config" / "config.yaml")],
+                        help="presets merged in order over config/config.yaml, as snakemake --configfile")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", default="/tmp/ppp-learning-curve-py")
