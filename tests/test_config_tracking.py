@@ -39,7 +39,7 @@ def test_the_deep_cpu_preset_runs_the_cells_it_names_over_the_default():
         assert attack_options(config, arch, "ig")["iterations"] == budgets[arch]
         # ConvNet's targeted and analytic attacks at the budgets where they converge (benchmarks/README.md)
         assert attack_options(config, arch, "ig_targeted")["iterations"] == {"convnet": 600, "resnet18": 400}[arch]
-        assert attack_options(config, arch, "analytic")["iterations"] == {"convnet": 1600, "resnet18": 400}[arch]
+        assert attack_options(config, arch, "analytic")["iterations"] == {"convnet": 3200, "resnet18": 400}[arch]
         assert attack_options(config, arch, "ig")["convergence_images"] == 4
         assert len(defense_scales(config, arch, "ppp")) == 1
     assert [d for d in config["defenses"] if attack_runs_on(config, "ig", d)] == ["none", "precode"]
