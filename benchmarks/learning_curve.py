@@ -52,10 +52,6 @@ def parse_cell(text: str) -> tuple[str, float]:
     return defense, float(sigma or 0)
 
 
-def sigma_str(value: float) -> str:
-    return f"{float(value):g}"  # as the workflow names a cell (workflow/rules/common.smk)
-
-
 def load_config(path: list[str]) -> dict:
     """The preset merged over config/config.yaml key by key, as `snakemake --configfile` does."""
     from ppp.config import load_preset
@@ -102,7 +98,7 @@ def train_curve(arch, defense_name, sigma, config, paths, meta, training, cap, t
     import torch
 
     from ppp import stages
-    from ppp.config import noise_options
+    from ppp.config import noise_options, sigma_label
     from ppp.defenses import build_defense
     from ppp.models import PrecodeSpec
     from ppp.seeding import derive_seed
@@ -129,7 +125,7 @@ def train_curve(arch, defense_name, sigma, config, paths, meta, training, cap, t
         curve.append(float(hits.float().mean()))
         clock["mark"] = time.perf_counter()
         eval_s.append(clock["mark"] - entered)
-        log(f"  {defense_name} {sigma_str(sigma)} epoch {epoch}: {curve[-1]:.4f} "
+        log(f"  {defense_name} {sigma_label(sigma)} epoch {epoch}: {curve[-1]:.4f} "
             f"(train {train_s[-1]:.1f} s, test {eval_s[-1]:.1f} s)")
         if should_stop(curve, thresholds, hold, past, at_least):
             raise Stop
