@@ -6,7 +6,7 @@ JSON lines of benchmarks/run_deep_routes.sh.
 --peak: this CPU's float32 peak on the cores the benchmark used (benchmarks/bf16_peak.py gives one thread's
 convolution and matmul rate; the benchmark ran 2 threads). Each row: median SSIM over the victims at the full
 budget and at half of it (the best iterate of the same run after half the iterations), CPU seconds per
-image-iteration, achieved GFLOP/s and its share of the peak.
+image-iteration (over both budgets of a feature-then-gradient route, "200+400"), achieved GFLOP/s and its share of the peak.
 """
 
 from __future__ import annotations
@@ -30,11 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     for d in lines:
         if "error" in d:
             continue
-        per = d["seconds"] / (d["victims"] * d["iterations"]) if d.get("victims") else None
+        # Feature inversion then gradient matching (the head attack's refine): both budgets, "200+400".
+        refine = int((d.get("options") or {}).get("refine_iterations", 0))
+        total = d["iterations"] + refine
+        budget = f"{d['iterations']}+{refine}" if refine else str(d["iterations"])
+        per = d["seconds"] / (d["victims"] * total) if d.get("victims") else None
         gflops = d.get("achieved_gflops")
         share = f"{gflops / args.peak:.0%}" if gflops and args.peak else "-"
         half = d.get("median_ssim_half_budget")
-        print(f"| {d['arch']} | {d['dataset']} | {d['route']} ({d['attack']}, {d['defense']}) | {d['iterations']} | "
+        print(f"| {d['arch']} | {d['dataset']} | {d['route']} ({d['attack']}, {d['defense']}) | {budget} | "
               f"{d['victims']} | {d['median_ssim']:.2f} | {'-' if half is None else f'{half:.2f}'} | "
               f"{'-' if per is None else f'{per:.3f}'} | {'-' if gflops is None else f'{gflops:.0f}'} | {share} |")
     cpus = sorted({d.get("cpu", "?") for d in lines})

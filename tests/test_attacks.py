@@ -192,6 +192,38 @@ def test_early_stopping_freezes_victims_that_stopped_improving(mnist_victims):
     assert full.iterations.tolist() == [50, 50]
 
 
+def test_lbfgs_reconstructs_from_an_undefended_model_and_keeps_per_row_budgets(mnist_victims):
+    images, labels = mnist_victims[0][:2], mnist_victims[1][:2]
+    view = _victim_view(images, labels, None)
+    # Unsigned gradients and a unit first step, as DLG's L-BFGS: a broken line search or closure stalls it.
+    result = build_attack("ig", iterations=60, optimizer="lbfgs", lr=1.0, signed=False)(view, seed=0)
+    assert min(_ssim(images, result)) > 0.7
+    assert result.images.min() >= 0 and result.images.max() <= 1
+    # A row with its own budget gets what a run of that budget alone gives it (the convergence check's rows).
+    short = optimise(view, labels, _problem(view, iterations=20, lr=1.0, signed=False, optimizer="lbfgs", restarts=1),
+                     seed=0, update_iterations=[20, 10])
+    alone = optimise(view, labels, _problem(view, iterations=10, lr=1.0, signed=False, optimizer="lbfgs", restarts=1),
+                     seed=0)
+    assert torch.allclose(short.images[1], alone.images[1], atol=1e-3)
+    assert short.iterations.tolist() == [20, 10]
+    with pytest.raises(ValueError, match="attack optimizer must be one of adam, lbfgs"):
+        build_attack("ig", optimizer="sgd")
+
+
+def test_lbfgs_rows_never_interact(mnist_victims):
+    """Every row keeps its own L-BFGS history and line search: 3 victims x 2 restarts at once equal each
+    victim attacked alone."""
+    images, labels = mnist_victims[0][:3], mnist_victims[1][:3]
+    view = _victim_view(images, labels, None, width=16)
+    problem = dict(iterations=8, lr=1.0, signed=False, optimizer="lbfgs")
+    together = optimise(view, labels, _problem(view, **problem), seed=3)
+    for i in range(3):
+        alone_view = ServerView(view.model, {n: g[i:i + 1] for n, g in view.gradients.items()}, labels[i:i + 1])
+        alone = optimise(alone_view, labels[i:i + 1], _problem(view, engine="loop", **problem), seed=3, victim_ids=[i])
+        assert torch.allclose(alone.images[0], together.images[i], atol=1e-3)
+    assert not torch.allclose(together.images[0], together.images[1])
+
+
 def test_unknown_attack_and_option_are_named():
     with pytest.raises(ValueError, match="unknown attack 'dlg'"):
         build_attack("dlg")

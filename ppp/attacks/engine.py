@@ -116,6 +116,7 @@ class GradientMatchingProblem:
     precode_code: str = "sample"  # the attacker's PRECODE code in its own passes: sample or mean
     latent: bool = False  # also optimise PRECODE's noise per row (the latent attack); starts at the mean code
     precision: str = "float32"  # float32, or bfloat16: the objective's passes under autocast (PRECISIONS)
+    optimizer: str = "adam"  # adam (signed where `signed`), or lbfgs (OPTIMIZERS)
     # The client's update as the server simulates it (ppp.client.simulated_update).
     local_steps: int = 1
     local_lr: float = 0.01
@@ -243,6 +244,83 @@ class RowObjective:
 
 
 ENGINES = ("auto", "per_layer", "vmap", "loop")
+# adam: Inverting Gradients' (signed) Adam. lbfgs: L-BFGS (DLG's optimiser; breaching offers it too) with a
+# backtracking line search, every row its own history, step and budget (RowLBFGS). Rows never interact in either.
+OPTIMIZERS = ("adam", "lbfgs")
+
+
+class RowLBFGS:
+    """L-BFGS on every row at once, each row with its own curvature history and its own step: the
+    two-loop recursion with per-row dot products, then a projected backtracking (Armijo) line search
+    that re-evaluates only the rows whose step it shortens. Its first trial step is the learning rate
+    (scaled by 1 / |g|_1 at the first iteration, as torch's L-BFGS); an accepted step's evaluation is the
+    next iteration's, so a step accepted at once costs one pass. A row that finds no decrease within
+    `backtracks` halvings stays where it is and restarts from steepest descent."""
+
+    def __init__(self, history: int = 10, armijo: float = 1e-4, backtracks: int = 8):
+        self.size, self.armijo, self.backtracks = history, armijo, backtracks
+        self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, rho), (rows, D)
+        self.gamma: torch.Tensor | None = None  # the initial Hessian's scale per row
+        self.evaluations = 0
+
+    def direction(self, gradient: torch.Tensor) -> torch.Tensor:
+        q = gradient.clone()
+        alphas = []
+        for s, y, rho in reversed(self.history):
+            alpha = rho * (s * q).sum(1)
+            q -= alpha[:, None] * y
+            alphas.append(alpha)
+        r = q if self.gamma is None else self.gamma[:, None] * q
+        for (s, y, rho), alpha in zip(self.history, reversed(alphas)):
+            beta = rho * (y * r).sum(1)
+            r += s * (alpha - beta)[:, None]
+        return -r
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, live: torch.Tensor, loss: torch.Tensor, gradient: torch.Tensor,
+             evaluate: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], lr: torch.Tensor,
+             box: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move the `live` rows of `x` (in place) from every row's `loss` and `gradient` there, each with
+        its first trial step `lr` (rows,); returns every row's loss and gradient at its new place (the
+        others' unchanged). `evaluate(rows)` gives the objective and its gradient at x[rows]."""
+        n = x.shape[0]
+        start, g = x.detach().clone().view(n, -1), gradient.view(n, -1)
+        d = self.direction(g)
+        slope = (g * d).sum(1)
+        uphill = slope >= 0  # a stale history: fall back to steepest descent
+        d[uphill], slope[uphill] = -g[uphill], -(g[uphill] ** 2).sum(1)
+        t = lr.to(x.device, torch.float32).clone()
+        if not self.history:
+            t = t * (1 / g.abs().sum(1).clamp_min(1e-12)).clamp(max=1.0)
+        new_loss, new_g = loss.clone(), g.clone()
+        moved = torch.zeros(n, dtype=torch.bool, device=x.device)
+        pending = live
+        for _ in range(self.backtracks + 1):
+            x.view(n, -1)[pending] = start[pending] + t[pending, None] * d[pending]
+            if box is not None:
+                x.copy_(torch.max(torch.min(x, box[1]), box[0]))
+            with torch.enable_grad():
+                losses, grads = evaluate(pending)
+            self.evaluations += 1
+            losses, grads = losses.detach().float(), grads.detach().float().view(len(pending), -1)
+            ok = torch.isfinite(losses) & (losses <= loss[pending] + self.armijo * t[pending] * slope[pending])
+            accepted = pending[ok]
+            new_loss[accepted], new_g[accepted], moved[accepted] = losses[ok], grads[ok], True
+            pending = pending[~ok]
+            if not len(pending):
+                break
+            t[pending] *= 0.5
+        x.view(n, -1)[pending] = start[pending]  # no decrease found: stay
+        s, y = x.detach().view(n, -1) - start, new_g - g
+        sy = (s * y).sum(1)
+        curved = moved & (sy > 1e-10)
+        rho = torch.where(curved, 1 / sy.clamp_min(1e-10), torch.zeros_like(sy))
+        gamma = sy / (y * y).sum(1).clamp_min(1e-30)
+        self.gamma = torch.where(curved, gamma, torch.ones_like(gamma) if self.gamma is None else self.gamma)
+        if len(pending):  # restart those rows: their old pairs no longer describe where they are
+            self.history = [(hs, hy, hr.index_fill(0, pending, 0.0)) for hs, hy, hr in self.history]
+        self.history = (self.history + [(s, y, rho)])[-self.size:]
+        return new_loss, new_g.view_as(gradient)
 # The objective's passes in float32, or under bfloat16 autocast (convolutions and matrix products in
 # bfloat16, reductions in float32); the optimiser, the box and the restarts' scores stay float32.
 # `auto`: bfloat16 where the device has native bfloat16 kernels (AMX, AVX512-BF16, a recent GPU), else
@@ -319,6 +397,7 @@ class RowOptimisation:
     label_strategy: str = "auto"  # how labels are inferred (ppp.attacks.labels.LABEL_STRATEGIES)
     progress_every: int = 0
     precision: str = "float32"  # or bfloat16: the objective under autocast (PRECISIONS)
+    optimizer: str = "adam"  # or lbfgs (OPTIMIZERS)
     # The reconstructions' contrast where the gradient does not fix it (ResNet-18 with GroupNorm): keep the
     # optimiser's, or the most the box allows (ppp.attacks.contrast).
     contrast: str = "keep"
@@ -326,6 +405,8 @@ class RowOptimisation:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"attack precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"attack optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.contrast not in CONTRASTS:
             raise ValueError(f"attack contrast must be one of {', '.join(CONTRASTS)}, got {self.contrast!r}")
         if self.labels not in ("known", "inferred"):
@@ -537,9 +618,18 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
                              f"most {problem.iterations}")
         budgets = torch.tensor([int(n) for n in update_iterations]).repeat_interleave(restarts)
     own_budgets = bool((budgets != problem.iterations).any())
+    lbfgs = problem.optimizer == "lbfgs"
+    if problem.optimizer not in OPTIMIZERS:
+        raise ValueError(f"attack optimizer must be one of {', '.join(OPTIMIZERS)}, got {problem.optimizer!r}")
+    if lbfgs and latent is not None:
+        raise ValueError("attack optimizer lbfgs does not optimise the latent attack's noise (use adam)")
     # One torch Adam where every row has the full budget (the same numbers as before per-row budgets);
     # RowAdam where rows follow their own schedules.
-    optimizer = RowAdam(optimised) if own_budgets else torch.optim.Adam(optimised, lr=problem.lr)
+    cached = None  # L-BFGS: the rows' losses and gradients at the current iterate, from its line search
+    if lbfgs:
+        optimizer = RowLBFGS()
+    else:
+        optimizer = RowAdam(optimised) if own_budgets else torch.optim.Adam(optimised, lr=problem.lr)
 
     def schedule(iterations: int) -> list[int]:
         return [round(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if problem.lr_decay else []
@@ -564,6 +654,30 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         if latent is not None:
             best_latent[better] = latent[better]
         best_loss[rows] = torch.minimum(best_loss[rows], row_losses)
+    def adam_step(live: torch.Tensor, row_grads: torch.Tensor, latent_grads: list, step: int) -> None:
+        """One (signed) Adam step of the live rows; frozen rows (patience, own budgets) held in place."""
+        frozen = ~active.to(device)
+        frozen_before = [t[frozen].clone() for t in optimised] if not bool(active.all()) else None
+        x.grad.zero_()
+        x.grad[live.to(device)] = row_grads.sign() if problem.signed else row_grads
+        if latent is not None:
+            latent.grad.zero_()
+            latent.grad[live.to(device)] = latent_grads[0].sign() if problem.signed else latent_grads[0]
+        if own_budgets:
+            lr_of = {n: multistep_lr(problem.lr, m, step) for n, m in row_milestones.items()}
+            row_lr = torch.tensor([lr_of[n] for n in row_budgets], device=device)
+            optimizer.step(row_lr)
+        else:
+            optimizer.param_groups[0]["lr"] = multistep_lr(problem.lr, milestones, step)
+            optimizer.step()
+            row_lr = torch.full((n_rows,), optimizer.param_groups[0]["lr"], device=device)
+        objective.after_step(live.to(device), row_lr / problem.lr)
+        if frozen_before is not None:  # Adam's momentum would move frozen rows: hold them
+            for t, before in zip(optimised, frozen_before):
+                t[frozen] = before
+        if problem.boxed:
+            x.copy_(torch.max(torch.min(x, upper), lower))
+
     with seeded(derive_seed(row_seeds[0], "sampling"), device), code_mode(model, problem.precode_code):
         for step in range(problem.iterations):
             finishing = (active & (budgets == step)).nonzero().flatten()
@@ -575,37 +689,37 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             live = active.nonzero().flatten()
             if len(live) == 0:
                 break
-            with objective_precision(device, problem.precision):
-                row_losses, row_grads, *latent_grads = objective.evaluate(x, live.to(device), latent)
+            if lbfgs:  # the objective here came with the line search's accepted step
+                if cached is None:
+                    if problem.boxed:  # the line search projects its trials: start inside the box
+                        x.copy_(torch.max(torch.min(x, upper), lower))
+                    with objective_precision(device, problem.precision):
+                        every = torch.arange(n_rows, device=device)
+                        cached = tuple(t.detach().float() for t in objective.evaluate(x, every, None)[:2])
+                row_losses = cached[0][live.to(device)].cpu()
+            else:
+                with objective_precision(device, problem.precision):
+                    row_losses, row_grads, *latent_grads = objective.evaluate(x, live.to(device), latent)
+                row_losses = row_losses.detach().cpu()
             # The objective at the current iterate: remember the best iterate before stepping.
-            row_losses = row_losses.detach().cpu()
             losses[live] = row_losses
             improved = row_losses < best_loss[live] * (1 - problem.min_improvement)
             remember_best(live, row_losses)
             since_improved[live] = torch.where(improved, 0, since_improved[live] + 1)
             iterations_run[live] += 1
+            if lbfgs:
+                row_lr = torch.tensor([multistep_lr(problem.lr, row_milestones[n], step) for n in row_budgets],
+                                      device=device)
 
-            frozen = ~active.to(device)
-            frozen_before = [t[frozen].clone() for t in optimised] if not bool(active.all()) else None
-            x.grad.zero_()
-            x.grad[live.to(device)] = row_grads.sign() if problem.signed else row_grads
-            if latent is not None:
-                latent.grad.zero_()
-                latent.grad[live.to(device)] = latent_grads[0].sign() if problem.signed else latent_grads[0]
-            if own_budgets:
-                lr_of = {n: multistep_lr(problem.lr, m, step) for n, m in row_milestones.items()}
-                row_lr = torch.tensor([lr_of[n] for n in row_budgets], device=device)
-                optimizer.step(row_lr)
+                def evaluate(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    with objective_precision(device, problem.precision):
+                        return objective.evaluate(x, rows, None)[:2]
+
+                cached = optimizer.step(x, live.to(device), *cached, evaluate, row_lr,
+                                        (lower, upper) if problem.boxed else None)
+                objective.after_step(live.to(device), row_lr / problem.lr)
             else:
-                optimizer.param_groups[0]["lr"] = multistep_lr(problem.lr, milestones, step)
-                optimizer.step()
-                row_lr = torch.full((n_rows,), optimizer.param_groups[0]["lr"], device=device)
-            objective.after_step(live.to(device), row_lr / problem.lr)
-            if frozen_before is not None:  # Adam's momentum would move frozen rows: hold them
-                for t, before in zip(optimised, frozen_before):
-                    t[frozen] = before
-            if problem.boxed:
-                x.copy_(torch.max(torch.min(x, upper), lower))
+                adam_step(live, row_grads, latent_grads, step)
             if problem.patience:
                 active &= since_improved < problem.patience
             if step + 1 == half_step:  # best iterates so far, before this step moved x

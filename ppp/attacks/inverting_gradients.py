@@ -53,6 +53,7 @@ class InvertingGradients(RowOptimisation):
             engine=self.engine, chunk_rows=self.batch_size, patience=self.patience,
             min_improvement=self.min_improvement, memory_budget_mb=self.memory_budget_mb,
             precode_code=self.precode_code, latent=self.latent, precision=self.precision,
+            optimizer=self.optimizer,
             local_steps=view.local_steps, local_lr=view.local_lr, local_batches=view.local_batches)
         return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every,
                         victim_ids=victim_ids, update_iterations=update_iterations)
