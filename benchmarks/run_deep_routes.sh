@@ -31,8 +31,9 @@ COMMIT=$(git rev-parse --short HEAD)
 bench() {  # route name, then ppp-bench flags
   local route=$1; shift
   [[ " $ROUTES " == *" $route "* ]] || return 0
-  $PYTHON -m ppp.bench --config "$CONFIG" --victims "$VICTIMS" --victim-draw "$DRAW" --mode batched \
-      --threads "$THREADS" --width 64 "$@" | while read -r line; do
+  # A failed route prints a JSON line with its error (deep_routes_table.py names it) and the others go on.
+  { $PYTHON -m ppp.bench --config "$CONFIG" --victims "$VICTIMS" --victim-draw "$DRAW" --mode batched \
+      --threads "$THREADS" --width 64 "$@" || true; } | while read -r line; do
     $PYTHON -c "import json, sys; d = json.loads(sys.argv[1]); d.update(route=sys.argv[2], cpu=sys.argv[3], commit=sys.argv[4]); print(json.dumps(d))" \
       "$line" "$route" "$CPU" "$COMMIT"
   done >> "$OUT"
@@ -53,10 +54,11 @@ for arch in $ARCHS; do
         --tv-weight "$IG_TV"
     # Feature inversion as the start and the regulariser of gradient matching (breaching's
     # FeatureRegularization): PRECODE's input from the encoder's gradient, inverted for 200 iterations, then
-    # the targeted attack from there plus the relative squared error to those features (weight 1).
+    # the targeted attack from there (with PRECODE's mean code, as the study's) plus the relative squared error
+    # to those features (weight 1).
     bench features_targeted_precode "${common[@]}" --defense precode --attack head --iterations 200 \
         --tv-weight 1e-3 --option refine_iterations="$IG_ITERATIONS" --option refine_selection=before_precode \
-        --option refine_lr=0.1 --option refine_tv_weight="$IG_TV"
+        --option refine_lr=0.1 --option refine_tv_weight="$IG_TV" --option refine_precode_code=mean
     # L-BFGS (unsigned gradients, unit first step, backtracking line search; ppp.attacks.engine.RowLBFGS)
     # against signed Adam, on the undefended model and through PRECODE.
     bench ig_lbfgs "${common[@]}" --defense none --attack ig --iterations "$LBFGS_ITERATIONS" --lr 1 \

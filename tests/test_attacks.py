@@ -382,3 +382,11 @@ def test_updates_with_their_own_budget_get_what_a_run_of_that_budget_gives_them(
     assert both.iterations.tolist() == [16, 16, 8]
     with pytest.raises(ValueError, match="update_iterations"):
         optimise(view, view.labels, problem, seed=3, update_iterations=[16, 32, 8])
+
+
+def test_ppp_bench_reads_attack_options_as_yaml_with_numbers_in_any_notation():
+    from ppp.bench import _attack_option
+
+    assert _attack_option("refine_tv_weight=1e-2") == ("refine_tv_weight", 0.01)  # YAML 1.1 alone gives "1e-2"
+    assert _attack_option("signed=false") == ("signed", False)
+    assert _attack_option("optimizer=lbfgs") == ("optimizer", "lbfgs")

@@ -41,6 +41,7 @@ from ppp.attacks.engine import (AttackResult, GradientMatching, GradientMatching
 from ppp.gradients import select_parameters
 from ppp.attacks.labels import _classifier, infer_update_labels
 from ppp.models import StagedNet
+from ppp.precode import CODE_MODES
 from ppp.seeding import generator
 
 
@@ -541,12 +542,18 @@ class HeadInversion(RowOptimisation):
     refine_feature_weight: float = 1.0
     refine_lr: float = 0.01
     refine_tv_weight: float = 1e-4
+    # The attacker's PRECODE code in the refinement's passes: "sample" as the client does, or "mean" (a
+    # deterministic gradient, as the targeted attack's precode_code: mean).
+    refine_precode_code: str = "sample"
     recovery: dict = field(default_factory=dict, repr=False)  # diagnostics of the last call
 
     def __post_init__(self):
         super().__post_init__()
         if self.precode_target not in ("encoder", "head"):
             raise ValueError(f"attack precode_target must be encoder or head, got {self.precode_target!r}")
+        if self.refine_precode_code not in CODE_MODES:
+            raise ValueError(f"attack refine_precode_code must be one of {', '.join(CODE_MODES)}, "
+                             f"got {self.refine_precode_code!r}")
 
     def _invert(self, view: ServerView, recovery: HeadRecovery, labels: torch.Tensor, seeds: list[int],
                 ids: list[int], progress, update_iterations, start: torch.Tensor | None = None) -> AttackResult:
@@ -641,7 +648,7 @@ class HeadInversion(RowOptimisation):
             names=select_parameters(model, self.refine_selection), iterations=self.refine_iterations,
             lr=self.refine_lr, tv_weight=self.refine_tv_weight, restarts=1, init=self.init, signed=self.signed,
             boxed=self.boxed, lr_decay=self.lr_decay, precision=self.precision, local_steps=view.local_steps,
-            local_lr=view.local_lr, local_batches=view.local_batches)
+            local_lr=view.local_lr, local_batches=view.local_batches, precode_code=self.refine_precode_code)
         group_shape = (view.num_updates, *((per_update,) if per_update > 1 else ()), *model.in_shape)
         matching = GradientMatching(model, labels.flatten().to(device).view(view.num_updates, -1).squeeze(1)
                                     if per_update == 1 else labels.to(device),
