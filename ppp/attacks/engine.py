@@ -249,18 +249,26 @@ ENGINES = ("auto", "per_layer", "vmap", "loop")
 OPTIMIZERS = ("adam", "lbfgs")
 
 
+def live_mask(n: int, live: torch.Tensor, device: torch.device) -> torch.Tensor:
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    mask[live] = True
+    return mask
+
+
 class RowLBFGS:
     """L-BFGS on every row at once, each row with its own curvature history and its own step: the
     two-loop recursion with per-row dot products, then a projected backtracking (Armijo) line search
     that re-evaluates only the rows whose step it shortens. Its first trial step is the learning rate
-    (scaled by 1 / |g|_1 at the first iteration, as torch's L-BFGS); an accepted step's evaluation is the
-    next iteration's, so a step accepted at once costs one pass. A row that finds no decrease within
+    (scaled by 1 / |g|_1 at the first iteration, as torch's L-BFGS), later at most twice the row's last
+    accepted step (so a row whose steps must be short does not pay the halvings again every iteration); an
+    accepted step's evaluation is the next iteration's, so a step accepted at once costs one pass. A row that finds no decrease within
     `backtracks` halvings stays where it is and restarts from steepest descent."""
 
     def __init__(self, history: int = 10, armijo: float = 1e-4, backtracks: int = 8):
         self.size, self.armijo, self.backtracks = history, armijo, backtracks
         self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, rho), (rows, D)
         self.gamma: torch.Tensor | None = None  # the initial Hessian's scale per row
+        self.accepted: torch.Tensor | None = None  # each row's last accepted step length (its last trial if none)
         self.evaluations = 0
 
     def direction(self, gradient: torch.Tensor) -> torch.Tensor:
@@ -292,6 +300,8 @@ class RowLBFGS:
         t = lr.to(x.device, torch.float32).clone()
         if not self.history:
             t = t * (1 / g.abs().sum(1).clamp_min(1e-12)).clamp(max=1.0)
+        elif self.accepted is not None:  # start from twice the row's last accepted step: fewer halvings
+            t = torch.minimum(t, 2 * self.accepted)
         new_loss, new_g = loss.clone(), g.clone()
         moved = torch.zeros(n, dtype=torch.bool, device=x.device)
         pending = live
@@ -311,6 +321,9 @@ class RowLBFGS:
                 break
             t[pending] *= 0.5
         x.view(n, -1)[pending] = start[pending]  # no decrease found: stay
+        steps = torch.where(moved, t, t if self.accepted is None else self.accepted)
+        self.accepted = torch.where(live_mask(n, live, x.device), steps,
+                                    steps if self.accepted is None else self.accepted)
         s, y = x.detach().view(n, -1) - start, new_g - g
         sy = (s * y).sum(1)
         curved = moved & (sy > 1e-10)
