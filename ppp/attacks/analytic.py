@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ppp.attacks.engine import (AttackResult, ChunkedRowsObjective, GradientMatchingProblem, RowOptimisation,
+from ppp.attacks.engine import (AttackResult, ChunkedRowsObjective, RowOptimisation,
                                ServerView, optimise)
 from ppp.attacks.objectives import total_variation_rows
 from ppp.attacks.per_layer import per_row_batch_norm
@@ -197,10 +197,7 @@ class AnalyticEncoderInversion(RowOptimisation):
                  update_iterations: Sequence[int] | None = None) -> AttackResult:
         model = view.model
         device = model.mean.device
-        problem = GradientMatchingProblem(
-            names=[], iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
-            init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay,
-            precision=self.precision)
+        problem = self.problem([])
         if view.images_per_update == 1:  # rank one (for local steps, the leading direction: approximate)
             features = self.recover_features(view).to(device).repeat_interleave(self.restarts, dim=0)
             objective = FeatureMatching(model, features, self.tv_weight, self.feature_loss)

@@ -249,20 +249,15 @@ ENGINES = ("auto", "per_layer", "vmap", "loop")
 OPTIMIZERS = ("adam", "lbfgs")
 
 
-def live_mask(n: int, live: torch.Tensor, device: torch.device) -> torch.Tensor:
-    mask = torch.zeros(n, dtype=torch.bool, device=device)
-    mask[live] = True
-    return mask
-
-
 class RowLBFGS:
     """L-BFGS on every row at once, each row with its own curvature history and its own step: the
     two-loop recursion with per-row dot products, then a projected backtracking (Armijo) line search
     that re-evaluates only the rows whose step it shortens. Its first trial step is the learning rate
     (scaled by 1 / |g|_1 at the first iteration, as torch's L-BFGS), later at most twice the row's last
     accepted step (so a row whose steps must be short does not pay the halvings again every iteration); an
-    accepted step's evaluation is the next iteration's, so a step accepted at once costs one pass. A row that finds no decrease within
-    `backtracks` halvings stays where it is and restarts from steepest descent."""
+    accepted step's evaluation is the next iteration's, so a step accepted at once costs one pass. A row
+    that finds no decrease within `backtracks` halvings stays where it is and restarts from steepest
+    descent."""
 
     def __init__(self, history: int = 10, armijo: float = 1e-4, backtracks: int = 8):
         self.size, self.armijo, self.backtracks = history, armijo, backtracks
@@ -321,9 +316,9 @@ class RowLBFGS:
                 break
             t[pending] *= 0.5
         x.view(n, -1)[pending] = start[pending]  # no decrease found: stay
-        steps = torch.where(moved, t, t if self.accepted is None else self.accepted)
-        self.accepted = torch.where(live_mask(n, live, x.device), steps,
-                                    steps if self.accepted is None else self.accepted)
+        if self.accepted is None:
+            self.accepted = t.clone()
+        self.accepted[moved] = t[moved]
         s, y = x.detach().view(n, -1) - start, new_g - g
         sy = (s * y).sum(1)
         curved = moved & (sy > 1e-10)
@@ -429,6 +424,14 @@ class RowOptimisation:
                              f"got {self.label_strategy!r}")
         if self.iterations < 1 or self.restarts < 1:
             raise ValueError("attack iterations and restarts must be >= 1")
+
+    def problem(self, names: list[str], **overrides) -> GradientMatchingProblem:
+        """The optimisation these options describe, over the gradients `names` (none where the attack's
+        objective is its own); `overrides` are what the attack sets itself."""
+        shared = dict(iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
+                      init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay,
+                      precision=self.precision, optimizer=self.optimizer)
+        return GradientMatchingProblem(names=names, **{**shared, **overrides})
 
     def finish(self, result: "AttackResult", view: ServerView) -> "AttackResult":
         """The attacker's last step on its reconstructions (and the half-budget ones): their contrast
@@ -667,6 +670,12 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
         if latent is not None:
             best_latent[better] = latent[better]
         best_loss[rows] = torch.minimum(best_loss[rows], row_losses)
+
+    def row_learning_rates(step: int) -> torch.Tensor:
+        """Every row's learning rate at `step` under its own budget's schedule."""
+        lr_of = {n: multistep_lr(problem.lr, m, step) for n, m in row_milestones.items()}
+        return torch.tensor([lr_of[n] for n in row_budgets], device=device)
+
     def adam_step(live: torch.Tensor, row_grads: torch.Tensor, latent_grads: list, step: int) -> None:
         """One (signed) Adam step of the live rows; frozen rows (patience, own budgets) held in place."""
         frozen = ~active.to(device)
@@ -677,8 +686,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             latent.grad.zero_()
             latent.grad[live.to(device)] = latent_grads[0].sign() if problem.signed else latent_grads[0]
         if own_budgets:
-            lr_of = {n: multistep_lr(problem.lr, m, step) for n, m in row_milestones.items()}
-            row_lr = torch.tensor([lr_of[n] for n in row_budgets], device=device)
+            row_lr = row_learning_rates(step)
             optimizer.step(row_lr)
         else:
             optimizer.param_groups[0]["lr"] = multistep_lr(problem.lr, milestones, step)
@@ -721,8 +729,7 @@ def optimise(view: ServerView, labels: torch.Tensor, problem: GradientMatchingPr
             since_improved[live] = torch.where(improved, 0, since_improved[live] + 1)
             iterations_run[live] += 1
             if lbfgs:
-                row_lr = torch.tensor([multistep_lr(problem.lr, row_milestones[n], step) for n in row_budgets],
-                                      device=device)
+                row_lr = row_learning_rates(step)
 
                 def evaluate(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                     with objective_precision(device, problem.precision):

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ppp.attacks.analytic import FeatureMatching, leading_right_singular_vectors
-from ppp.attacks.engine import (AttackResult, GradientMatching, GradientMatchingProblem, RowOptimisation,
+from ppp.attacks.engine import (AttackResult, GradientMatching, RowOptimisation,
                                RowsObjective, ServerView, optimise)
 from ppp.gradients import select_parameters
 from ppp.attacks.labels import _classifier, infer_update_labels
@@ -581,9 +581,7 @@ class HeadInversion(RowOptimisation):
         # One optimisation row per image: a view of single images carrying nothing but their count.
         images = view.num_images
         row_view = ServerView(model, {"images": torch.zeros(images, 1)}, None, view.model_mode)
-        problem = GradientMatchingProblem(
-            names=[], iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
-            init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay, precision=self.precision)
+        problem = self.problem([])
 
         def per_update_progress(step: int, losses: torch.Tensor) -> None:
             progress(step, losses.view(view.num_updates, per_update, -1).mean(1))
@@ -644,11 +642,10 @@ class HeadInversion(RowOptimisation):
         self.recovery["drift_rounds"] = drift_rounds
         if not self.refine_iterations:
             return result
-        refine = GradientMatchingProblem(
-            names=select_parameters(model, self.refine_selection), iterations=self.refine_iterations,
-            lr=self.refine_lr, tv_weight=self.refine_tv_weight, restarts=1, init=self.init, signed=self.signed,
-            boxed=self.boxed, lr_decay=self.lr_decay, precision=self.precision, local_steps=view.local_steps,
-            local_lr=view.local_lr, local_batches=view.local_batches, precode_code=self.refine_precode_code)
+        refine = self.problem(
+            select_parameters(model, self.refine_selection), iterations=self.refine_iterations, lr=self.refine_lr,
+            tv_weight=self.refine_tv_weight, restarts=1, local_steps=view.local_steps, local_lr=view.local_lr,
+            local_batches=view.local_batches, precode_code=self.refine_precode_code)
         group_shape = (view.num_updates, *((per_update,) if per_update > 1 else ()), *model.in_shape)
         matching = GradientMatching(model, labels.flatten().to(device).view(view.num_updates, -1).squeeze(1)
                                     if per_update == 1 else labels.to(device),

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ppp.attacks.engine import ENGINES, AttackResult, GradientMatchingProblem, RowOptimisation, ServerView, optimise
+from ppp.attacks.engine import ENGINES, AttackResult, RowOptimisation, ServerView, optimise
 from ppp.gradients import select_parameters
 from ppp.precode import CODE_MODES
 
@@ -46,14 +46,11 @@ class InvertingGradients(RowOptimisation):
                  victim_ids: list[int] | None = None,
                  update_iterations: Sequence[int] | None = None) -> AttackResult:
         labels = self.server_labels(view)
-        problem = GradientMatchingProblem(
-            names=select_parameters(view.model, self.selection, self.keep_encoder),
-            iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
-            init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay,
+        problem = self.problem(
+            select_parameters(view.model, self.selection, self.keep_encoder),
             engine=self.engine, chunk_rows=self.batch_size, patience=self.patience,
             min_improvement=self.min_improvement, memory_budget_mb=self.memory_budget_mb,
-            precode_code=self.precode_code, latent=self.latent, precision=self.precision,
-            optimizer=self.optimizer,
+            precode_code=self.precode_code, latent=self.latent,
             local_steps=view.local_steps, local_lr=view.local_lr, local_batches=view.local_batches)
         return optimise(view, labels, problem, seed, progress=progress, progress_every=self.progress_every,
                         victim_ids=victim_ids, update_iterations=update_iterations)

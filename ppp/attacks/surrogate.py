@@ -24,7 +24,7 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from ppp.attacks.engine import (AttackResult, GradientMatchingProblem, RowOptimisation, RowsObjective, ServerView,
+from ppp.attacks.engine import (AttackResult, RowOptimisation, RowsObjective, ServerView,
                                optimise, row_total_variation)
 from ppp.attacks.objectives import cosine_distance
 from ppp.gradients import select_parameters
@@ -135,11 +135,8 @@ class SurrogateModelExtension(RowOptimisation):
         device = model.mean.device
         labels = self.server_labels(view)
         names = select_parameters(model, self.selection, self.keep_encoder)
-        problem = GradientMatchingProblem(
-            names=names, iterations=self.iterations, lr=self.lr, tv_weight=self.tv_weight, restarts=self.restarts,
-            init=self.init, signed=self.signed, boxed=self.boxed, lr_decay=self.lr_decay, engine="loop",
-            precode_code=self.precode_code, precision=self.precision, local_steps=view.local_steps,
-            local_lr=view.local_lr)
+        problem = self.problem(names, engine="loop", precode_code=self.precode_code, local_steps=view.local_steps,
+                               local_lr=view.local_lr)
         per_update, restarts = view.images_per_update, self.restarts
         row_labels = labels.to(device).view(view.num_updates, *((per_update,) if per_update > 1 else ()))
         row_labels = row_labels.repeat_interleave(restarts, dim=0)
